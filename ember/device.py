@@ -1,0 +1,61 @@
+"""Devices and the lookup from a device to its backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import DeviceError
+
+
+class Device:
+    """A device such as ``cpu`` or ``cuda:0``; compare and hash by name."""
+
+    __slots__ = ("index", "type")
+
+    def __init__(self, spec: Any = "cpu") -> None:
+        if isinstance(spec, Device):
+            self.type, self.index = spec.type, spec.index
+            return
+        if not isinstance(spec, str):
+            raise DeviceError(f"cannot interpret {spec!r} as a device; expected a string like 'cpu' or 'cuda:0'")
+        name, _, idx = spec.partition(":")
+        if name not in ("cpu", "cuda"):
+            raise DeviceError(f"unknown device {spec!r}; expected 'cpu' or 'cuda[:N]'")
+        self.type = name
+        self.index = int(idx) if idx else 0
+
+    def __str__(self) -> str:
+        return "cpu" if self.type == "cpu" else f"{self.type}:{self.index}"
+
+    def __repr__(self) -> str:
+        return f"device('{self}')"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            other = Device(other)
+        return isinstance(other, Device) and self.type == other.type and self.index == other.index
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.index))
+
+
+CPU = Device("cpu")
+
+
+def to_device(spec: Any) -> Device:
+    if spec is None:
+        return CPU
+    return spec if isinstance(spec, Device) else Device(spec)
+
+
+def get_backend(device: Device):
+    """The backend module object that allocates and computes on ``device``."""
+    if device.type == "cpu":
+        from .backend import cpu
+        return cpu.BACKEND
+    from .backend import available_backends
+    raise DeviceError(f"device {device} is not available in this build; available: "
+                      f"{', '.join(available_backends())}")
+
+
+device = Device  # ember.device("cpu"), like torch.device

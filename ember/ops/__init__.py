@@ -1,0 +1,15 @@
+"""Ember's operations: the primitive registry and the public functions over it."""
+
+from . import (  # noqa: F401
+    composite,
+    creation,
+    indexing,
+    linalg,
+    movement,
+    pointwise,
+    random,
+    reduce,
+    registry,
+)
+from .registry import REGISTRY, Op, apply  # noqa: F401
+from .registry import composite as composite_fn

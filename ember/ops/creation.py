@@ -1,0 +1,203 @@
+"""Creating tensors: from data, filled, ranges, and moving between devices/frameworks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import dtypes as _dt
+from ..device import get_backend
+from ..device import to_device as _device
+from ..errors import DTypeError, ShapeError
+from ..tensor import Tensor, _make
+from ._shape import check_shape_arg
+
+
+def _shape_args(name: str, size: tuple) -> tuple[int, ...]:
+    if len(size) == 1 and isinstance(size[0], (tuple, list)):
+        size = tuple(size[0])
+    return check_shape_arg(name, size)
+
+
+def _finish(data: np.ndarray, dtype: _dt.DType, device: Any, requires_grad: bool, name: str) -> Tensor:
+    dev = _device(device)
+    if dev.type != "cpu":
+        data = get_backend(dev).asarray(data)
+    t = _make(data, dtype, dev)
+    if requires_grad:
+        if not dtype.is_floating_point:
+            raise DTypeError(f"{name}: only floating tensors can require gradients, got {dtype.name}")
+        t.requires_grad = True
+    return t
+
+
+def _infer_dtype(data: Any) -> _dt.DType:
+    """dtype for data coming from Python: floats -> default float, ints -> int64, bools -> bool."""
+    arr = np.asarray(data)
+    if arr.dtype.kind == "f":
+        return _dt.get_default_dtype() if not isinstance(data, np.ndarray) else _dt.from_numpy_dtype(arr.dtype)
+    if arr.dtype.kind in "iu" and not isinstance(data, (np.ndarray, np.generic)):
+        return _dt.int64
+    if arr.dtype.kind == "b":
+        return _dt.bool_
+    return _dt.to_dtype(arr.dtype)
+
+
+def tensor(data: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False) -> Tensor:
+    """A new tensor holding a copy of ``data`` (nested lists, numbers, NumPy arrays or tensors)."""
+    if isinstance(data, Tensor):
+        arr = np.array(data.data, copy=True) if data.device.type == "cpu" else get_backend(data.device).to_numpy(data.data)
+        d = data.dtype if dtype is None else _dt.to_dtype(dtype)
+        return _finish(arr.astype(d.np, copy=False), d, device or data.device, requires_grad, "tensor")
+    if isinstance(data, (list, tuple)) and any(isinstance(x, Tensor) for x in _flat_first(data)):
+        data = _unwrap(data)
+    try:
+        d = _dt.to_dtype(dtype) if dtype is not None else _infer_dtype(data)
+        arr = np.array(data, dtype=d.np)
+    except (ValueError, TypeError) as e:
+        raise ShapeError(f"tensor: cannot build a tensor from {type(data).__name__}: {e}") from None
+    if arr.dtype == object:
+        raise DTypeError("tensor: data holds non-numeric objects")
+    return _finish(arr, d, device, requires_grad, "tensor")
+
+
+def _flat_first(data: Any) -> list:
+    while isinstance(data, (list, tuple)) and data:
+        if isinstance(data[0], Tensor):
+            return [data[0]]
+        data = data[0]
+    return []
+
+
+def _unwrap(data: Any) -> Any:
+    if isinstance(data, Tensor):
+        return data.data
+    if isinstance(data, (list, tuple)):
+        return [_unwrap(x) for x in data]
+    return data
+
+
+def as_tensor(data: Any, dtype: Any = None, device: Any = None) -> Tensor:
+    """Like ``tensor`` but shares memory with a NumPy array or tensor when dtype and device allow."""
+    if isinstance(data, Tensor):
+        return data.to(dtype=dtype, device=device) if (dtype or device) else data
+    if isinstance(data, np.ndarray) and (dtype is None or _dt.to_dtype(dtype).np == data.dtype) \
+            and _device(device).type == "cpu":
+        return from_numpy(data)
+    return tensor(data, dtype=dtype, device=device)
+
+
+def from_numpy(array: np.ndarray) -> Tensor:
+    """A tensor sharing memory with ``array`` (changes to one show in the other)."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"from_numpy: expected a numpy.ndarray, got {type(array).__name__}")
+    return _make(array, _dt.from_numpy_dtype(array.dtype), _device("cpu"))
+
+
+def from_dlpack(obj: Any) -> Tensor:
+    """Zero-copy import of a DLPack-capable array (PyTorch, JAX, CuPy, NumPy tensors)."""
+    dev_type, _ = obj.__dlpack_device__() if hasattr(obj, "__dlpack_device__") else (1, 0)
+    if dev_type == 1:  # kDLCPU
+        arr = np.from_dlpack(obj)
+        return _make(arr, _dt.from_numpy_dtype(arr.dtype), _device("cpu"))
+    dev = _device("cuda")
+    arr = get_backend(dev).from_dlpack(obj)
+    return _make(arr, _dt.from_numpy_dtype(np.dtype(arr.dtype.name)), dev)
+
+
+def _full(name: str, shape: tuple, value: Any, dtype: Any, device: Any, requires_grad: bool) -> Tensor:
+    shape = _shape_args(name, shape)
+    if dtype is None:
+        d = _dt.category_default(_dt.scalar_category(value)) if value is not None else _dt.get_default_dtype()
+    else:
+        d = _dt.to_dtype(dtype)
+    data = np.empty(shape, d.np) if value is None else np.full(shape, value, d.np)
+    return _finish(data, d, device, requires_grad, name)
+
+
+def zeros(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False) -> Tensor:
+    """A tensor of zeros (float32 unless ``dtype`` says otherwise)."""
+    return _full("zeros", size, 0.0 if dtype is None else 0, dtype, device, requires_grad)
+
+
+def ones(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False) -> Tensor:
+    """A tensor of ones (float32 unless ``dtype`` says otherwise)."""
+    return _full("ones", size, 1.0 if dtype is None else 1, dtype, device, requires_grad)
+
+
+def full(size: Sequence[int], fill_value: Any, dtype: Any = None, device: Any = None,
+         requires_grad: bool = False) -> Tensor:
+    """A tensor filled with ``fill_value``; its dtype follows the value unless given."""
+    return _full("full", (tuple(size),), fill_value, dtype, device, requires_grad)
+
+
+def empty(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False) -> Tensor:
+    """An uninitialized tensor."""
+    return _full("empty", size, None, dtype, device, requires_grad)
+
+
+def _like(name: str, x: Tensor, value: Any, dtype: Any, device: Any, requires_grad: bool) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a Tensor, got {type(x).__name__}")
+    return _full(name, (x.shape,), value, dtype or x.dtype, device or x.device, requires_grad)
+
+
+def zeros_like(x: Tensor, dtype: Any = None, device: Any = None, requires_grad: bool = False) -> Tensor:
+    return _like("zeros_like", x, 0, dtype, device, requires_grad)
+
+
+def ones_like(x: Tensor, dtype: Any = None, device: Any = None, requires_grad: bool = False) -> Tensor:
+    return _like("ones_like", x, 1, dtype, device, requires_grad)
+
+
+def full_like(x: Tensor, fill_value: Any, dtype: Any = None, device: Any = None,
+              requires_grad: bool = False) -> Tensor:
+    return _like("full_like", x, fill_value, dtype, device, requires_grad)
+
+
+def empty_like(x: Tensor, dtype: Any = None, device: Any = None, requires_grad: bool = False) -> Tensor:
+    return _like("empty_like", x, None, dtype, device, requires_grad)
+
+
+def arange(start: Any, end: Any = None, step: Any = 1, dtype: Any = None, device: Any = None,
+           requires_grad: bool = False) -> Tensor:
+    """Values ``start, start+step, ...`` below ``end`` (int64 for integer arguments, else float32)."""
+    if end is None:
+        start, end = 0, start
+    if step == 0:
+        raise ValueError("arange: step must be nonzero")
+    if dtype is None:
+        is_int = all(isinstance(v, (int, np.integer)) for v in (start, end, step))
+        d = _dt.int64 if is_int else _dt.get_default_dtype()
+    else:
+        d = _dt.to_dtype(dtype)
+    return _finish(np.arange(start, end, step).astype(d.np), d, device, requires_grad, "arange")
+
+
+def linspace(start: float, end: float, steps: int, dtype: Any = None, device: Any = None,
+             requires_grad: bool = False) -> Tensor:
+    """``steps`` evenly spaced values from ``start`` to ``end`` inclusive."""
+    if steps < 0:
+        raise ValueError(f"linspace: steps must be non-negative, got {steps}")
+    d = _dt.to_dtype(dtype) if dtype is not None else _dt.get_default_dtype()
+    return _finish(np.linspace(start, end, steps).astype(d.np), d, device, requires_grad, "linspace")
+
+
+def eye(n: int, m: int | None = None, dtype: Any = None, device: Any = None, requires_grad: bool = False) -> Tensor:
+    """The identity matrix (``n x m``)."""
+    d = _dt.to_dtype(dtype) if dtype is not None else _dt.get_default_dtype()
+    return _finish(np.eye(n, m, dtype=d.np), d, device, requires_grad, "eye")
+
+
+def to_device(x: Tensor, device: Any) -> Tensor:
+    """Copy ``x`` to another device."""
+    from ..errors import DeviceError
+    dev = _device(device)
+    if dev == x.device:
+        return x
+    src, dst = get_backend(x.device), get_backend(dev)
+    if x.requires_grad:
+        raise DeviceError(f"to: moving a tensor that requires grad from {x.device} to {dev} is not supported yet")
+    return _make(dst.asarray(src.to_numpy(x.data)), x.dtype, dev)

@@ -1,0 +1,176 @@
+"""Random number generation: seeded ``Generator``s and the random primitives.
+
+Each draw is an op with no tensor inputs whose ``generator`` attribute is the
+source of randomness, so a traced program can make the generator state an input
+and draw fresh numbers on every replay. Streams are PCG64 (NumPy), reproducible
+across runs and platforms for a given seed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import dtypes as _dt
+from ..device import to_device
+from ..errors import DTypeError, ShapeError
+from ..tensor import Tensor
+from ._shape import check_shape_arg
+from .registry import Op, apply
+
+
+class Generator:
+    """A seeded random stream, like ``torch.Generator``: ``ember.Generator().manual_seed(0)``."""
+
+    def __init__(self, device: Any = "cpu", seed: int | None = None) -> None:
+        self.device = to_device(device)
+        self.manual_seed(np.random.SeedSequence().entropy if seed is None else seed)
+
+    def manual_seed(self, seed: int) -> Generator:
+        if not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"manual_seed: seed must be an int, got {type(seed).__name__}")
+        self._seed = int(seed)
+        self.rng = np.random.Generator(np.random.PCG64(self._seed))
+        return self
+
+    def initial_seed(self) -> int:
+        return self._seed
+
+    def get_state(self) -> dict:
+        """The stream's state (a JSON-compatible dict) for checkpoints."""
+        return {"seed": self._seed, "bit_generator": self.rng.bit_generator.state}
+
+    def set_state(self, state: dict) -> None:
+        self._seed = state["seed"]
+        self.rng.bit_generator.state = state["bit_generator"]
+
+
+default_generator = Generator(seed=0)
+
+
+def manual_seed(seed: int) -> Generator:
+    """Seed the default generator (used when no ``generator=`` is given)."""
+    return default_generator.manual_seed(seed)
+
+
+def seed() -> int:
+    """Seed the default generator from OS entropy and return the seed."""
+    s = int(np.random.SeedSequence().entropy % (2 ** 63))
+    default_generator.manual_seed(s)
+    return s
+
+
+def get_rng_state() -> dict:
+    return default_generator.get_state()
+
+
+def set_rng_state(state: dict) -> None:
+    default_generator.set_state(state)
+
+
+def _infer(shape: tuple, dtype: _dt.DType, **_: Any) -> tuple:
+    return shape, dtype
+
+
+def _uniform(xp: Any, shape: tuple, dtype: _dt.DType, low: float, high: float, generator: Generator,
+             device: Any) -> Any:
+    return generator.rng.uniform(low, high, size=shape).astype(dtype.np)
+
+
+def _normal(xp: Any, shape: tuple, dtype: _dt.DType, mean: float, std: float, generator: Generator,
+            device: Any) -> Any:
+    return (generator.rng.standard_normal(size=shape) * std + mean).astype(dtype.np)
+
+
+def _randint(xp: Any, shape: tuple, dtype: _dt.DType, low: int, high: int, generator: Generator,
+             device: Any) -> Any:
+    return generator.rng.integers(low, high, size=shape).astype(dtype.np)
+
+
+UNIFORM = Op("uniform", infer=_infer, impl=_uniform)
+NORMAL = Op("normal", infer=_infer, impl=_normal)
+RANDINT = Op("randint", infer=_infer, impl=_randint)
+
+
+def _args(name: str, size: tuple, dtype: Any, device: Any, generator: Generator | None,
+          floating: bool = True) -> tuple:
+    if len(size) == 1 and isinstance(size[0], (tuple, list)):
+        size = tuple(size[0])
+    shape = check_shape_arg(name, size)
+    d = _dt.to_dtype(dtype) if dtype is not None else (_dt.get_default_dtype() if floating else _dt.int64)
+    if floating and not d.is_floating_point:
+        raise DTypeError(f"{name}: expected a floating dtype, got {d.name}")
+    gen = generator if generator is not None else default_generator
+    return shape, d, to_device(device), gen
+
+
+def _draw(op: Op, shape: tuple, d: _dt.DType, dev: Any, gen: Generator, requires_grad: bool, **params: Any) -> Tensor:
+    from ..autograd import no_grad
+    with no_grad():
+        t = apply(op, shape=shape, dtype=d, generator=gen, device=dev, **params)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def rand(*size: Any, dtype: Any = None, device: Any = None, generator: Generator | None = None,
+         requires_grad: bool = False) -> Tensor:
+    """Uniform samples in [0, 1)."""
+    shape, d, dev, gen = _args("rand", size, dtype, device, generator)
+    return _draw(UNIFORM, shape, d, dev, gen, requires_grad, low=0.0, high=1.0)
+
+
+def randn(*size: Any, dtype: Any = None, device: Any = None, generator: Generator | None = None,
+          requires_grad: bool = False) -> Tensor:
+    """Standard normal samples."""
+    shape, d, dev, gen = _args("randn", size, dtype, device, generator)
+    return _draw(NORMAL, shape, d, dev, gen, requires_grad, mean=0.0, std=1.0)
+
+
+def uniform(size: Any, low: float = 0.0, high: float = 1.0, dtype: Any = None, device: Any = None,
+            generator: Generator | None = None, requires_grad: bool = False) -> Tensor:
+    """Uniform samples in [low, high)."""
+    if not high >= low:
+        raise ValueError(f"uniform: expected low <= high, got low={low}, high={high}")
+    shape, d, dev, gen = _args("uniform", (size,), dtype, device, generator)
+    return _draw(UNIFORM, shape, d, dev, gen, requires_grad, low=float(low), high=float(high))
+
+
+def normal(mean: float = 0.0, std: float = 1.0, size: Any = (), dtype: Any = None, device: Any = None,
+           generator: Generator | None = None, requires_grad: bool = False) -> Tensor:
+    """Normal samples with the given mean and standard deviation."""
+    if std < 0:
+        raise ValueError(f"normal: std must be non-negative, got {std}")
+    shape, d, dev, gen = _args("normal", (size,), dtype, device, generator)
+    return _draw(NORMAL, shape, d, dev, gen, requires_grad, mean=float(mean), std=float(std))
+
+
+def randint(low: int, high: int | None = None, size: Any = (), dtype: Any = None, device: Any = None,
+            generator: Generator | None = None) -> Tensor:
+    """Integers uniform in [low, high) (``randint(high, size=...)`` starts at 0), int64 by default."""
+    if high is None:
+        low, high = 0, low
+    if high <= low:
+        raise ValueError(f"randint: expected low < high, got low={low}, high={high}")
+    shape, d, dev, gen = _args("randint", (size,), dtype, device, generator, floating=False)
+    if d.is_floating_point or d.is_bool:
+        raise DTypeError(f"randint: expected an integer dtype, got {d.name}")
+    return _draw(RANDINT, shape, d, dev, gen, False, low=int(low), high=int(high))
+
+
+def rand_like(x: Tensor, dtype: Any = None, generator: Generator | None = None) -> Tensor:
+    return rand(x.shape, dtype=dtype or x.dtype, device=x.device, generator=generator)
+
+
+def randn_like(x: Tensor, dtype: Any = None, generator: Generator | None = None) -> Tensor:
+    return randn(x.shape, dtype=dtype or x.dtype, device=x.device, generator=generator)
+
+
+def randperm(n: int, dtype: Any = None, device: Any = None, generator: Generator | None = None) -> Tensor:
+    """A random permutation of ``0..n-1``."""
+    if n < 0:
+        raise ShapeError(f"randperm: n must be non-negative, got {n}")
+    from .creation import tensor
+    gen = generator if generator is not None else default_generator
+    return tensor(gen.rng.permutation(n), dtype=dtype or _dt.int64, device=device)

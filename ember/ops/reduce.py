@@ -1,0 +1,279 @@
+"""Reductions: sum, amax/amin, argmax/argmin, prod, all/any primitives and their composites."""
+
+from __future__ import annotations
+
+import builtins
+from collections import namedtuple
+from typing import Any
+
+from .. import dtypes as _dt
+from ..errors import DTypeError
+from ..tensor import Tensor
+from ._shape import normalize_dim, normalize_dims
+from .registry import Op, apply, composite
+
+ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])
+
+
+def _reduced_shape(shape: tuple, axes: tuple, keepdim: bool) -> tuple:
+    if keepdim:
+        return tuple(1 if i in axes else n for i, n in enumerate(shape))
+    return tuple(n for i, n in enumerate(shape) if i not in axes)
+
+
+def _infer(name: str, out_dtype: Any = None, nonempty: bool = False):
+    def infer(x: Tensor, axes: tuple, keepdim: bool) -> tuple:
+        if nonempty and builtins.any(x.shape[a] == 0 for a in axes):
+            from ..errors import ShapeError
+            raise ShapeError(f"{name}: cannot reduce over an empty dimension (shape {x.shape}, dims {axes})")
+        return _reduced_shape(x.shape, axes, keepdim), out_dtype or x.dtype
+    return infer
+
+
+def _keep(g: Tensor, in_shape: tuple, axes: tuple, keepdim: bool) -> Tensor:
+    """``g`` reshaped so the reduced axes are size 1 (ready to broadcast against the input)."""
+    from .movement import reshape
+    return g if keepdim else reshape(g, _reduced_shape(in_shape, axes, True))
+
+
+def _sum_vjp(ctx: Any, g: Tensor) -> tuple:
+    from .movement import expand
+    in_shape = ctx.in_meta[0][0]
+    return (expand(_keep(g, in_shape, ctx.attrs["axes"], ctx.attrs["keepdim"]), in_shape),)
+
+
+def _extreme_vjp(ctx: Any, g: Tensor) -> tuple:
+    # The gradient is shared evenly among ties, as PyTorch's amax/amin do.
+    x = ctx.inputs[0]
+    axes, keepdim = ctx.attrs["axes"], ctx.attrs["keepdim"]
+    mask = (x == _keep(ctx.out, x.shape, axes, keepdim)).to(g.dtype)
+    count = sum(mask, dim=axes, keepdim=True)
+    return (_keep(g, x.shape, axes, keepdim) * mask / count,)
+
+
+def _extreme_jvp(ctx: Any, t: Tensor) -> Tensor:
+    x = ctx.inputs[0]
+    axes, keepdim = ctx.attrs["axes"], ctx.attrs["keepdim"]
+    mask = (x == _keep(ctx.out, x.shape, axes, keepdim)).to(t.dtype)
+    return sum(t * mask, dim=axes, keepdim=keepdim) / sum(mask, dim=axes, keepdim=keepdim)
+
+
+def _prod_vjp(ctx: Any, g: Tensor) -> tuple:
+    # Exact with zeros: d prod / d x_i = prod of the other entries.
+    from .pointwise import where
+    x = ctx.inputs[0]
+    axes, keepdim = ctx.attrs["axes"], ctx.attrs["keepdim"]
+    gk = _keep(g, x.shape, axes, keepdim)
+    zero = x == 0
+    nzeros = sum(zero.to(_dt.int64), dim=axes, keepdim=True)
+    safe = where(zero, 1, x)
+    prod_nonzero = prod(safe, dim=axes, keepdim=True)
+    grad = where(nzeros == 0, prod_nonzero / safe, where((nzeros == 1) & zero, prod_nonzero, 0))
+    return (gk * grad,)
+
+
+def _prod_jvp(ctx: Any, t: Tensor) -> Tensor:
+    from .creation import ones_like
+    axes, keepdim = ctx.attrs["axes"], ctx.attrs["keepdim"]
+    return sum(t * _prod_vjp(ctx, ones_like(ctx.out))[0], dim=axes, keepdim=keepdim)
+
+
+SUM = Op("sum", infer=_infer("sum"), impl=lambda xp, x, axes, keepdim: xp.sum(x, axis=axes, keepdims=keepdim),
+         vjp=_sum_vjp, save_inputs=False, linear=True)
+AMAX = Op("amax", infer=_infer("amax", nonempty=True),
+          impl=lambda xp, x, axes, keepdim: xp.amax(x, axis=axes, keepdims=keepdim),
+          vjp=_extreme_vjp, jvp=_extreme_jvp, save_output=True)
+AMIN = Op("amin", infer=_infer("amin", nonempty=True),
+          impl=lambda xp, x, axes, keepdim: xp.amin(x, axis=axes, keepdims=keepdim),
+          vjp=_extreme_vjp, jvp=_extreme_jvp, save_output=True)
+PROD = Op("prod", infer=_infer("prod"), impl=lambda xp, x, axes, keepdim: xp.prod(x, axis=axes, keepdims=keepdim),
+          vjp=_prod_vjp, jvp=lambda ctx, t: _prod_jvp(ctx, t))
+ALL = Op("all", infer=_infer("all", _dt.bool_), impl=lambda xp, x, axes, keepdim: xp.all(x, axis=axes, keepdims=keepdim))
+ANY = Op("any", infer=_infer("any", _dt.bool_), impl=lambda xp, x, axes, keepdim: xp.any(x, axis=axes, keepdims=keepdim))
+
+
+def _arg_infer(name: str):
+    def infer(x: Tensor, axis: int | None, keepdim: bool) -> tuple:
+        if x.numel() == 0:
+            from ..errors import ShapeError
+            raise ShapeError(f"{name}: cannot take the {name} of an empty tensor (shape {x.shape})")
+        if axis is None:
+            return ((1,) * x.ndim if keepdim else ()), _dt.int64
+        return _reduced_shape(x.shape, (axis,), keepdim), _dt.int64
+    return infer
+
+
+def _arg_impl(kernel: str):
+    def impl(xp: Any, x: Any, axis: int | None, keepdim: bool) -> Any:
+        out = getattr(xp, kernel)(x, axis=axis, keepdims=keepdim)
+        return out
+    return impl
+
+
+ARGMAX = Op("argmax", infer=_arg_infer("argmax"), impl=_arg_impl("argmax"))
+ARGMIN = Op("argmin", infer=_arg_infer("argmin"), impl=_arg_impl("argmin"))
+
+
+def _reduce(op: Op, x: Tensor, dim: Any, keepdim: bool) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op.name}: expected a Tensor, got {type(x).__name__}")
+    return apply(op, x, axes=normalize_dims(op.name, dim, x.ndim), keepdim=bool(keepdim))
+
+
+def sum(x: Tensor, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
+    """Sum over ``dim`` (an int, a tuple, or None for all). Integer and bool inputs sum in int64."""
+    if dtype is not None:
+        x = x.to(dtype)
+    elif not x.dtype.is_floating_point and x.dtype is not _dt.int64:
+        x = x.to(_dt.int64)
+    return _reduce(SUM, x, dim, keepdim)
+
+
+def prod(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Product over ``dim``; the gradient is exact when entries are zero."""
+    return _reduce(PROD, x, dim, keepdim)
+
+
+def amax(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Maximum over ``dim``; ties share the gradient evenly."""
+    return _reduce(AMAX, x, dim, keepdim)
+
+
+def amin(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Minimum over ``dim``; ties share the gradient evenly."""
+    return _reduce(AMIN, x, dim, keepdim)
+
+
+def all(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
+    return _reduce(ALL, x, dim, keepdim)
+
+
+def any(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
+    return _reduce(ANY, x, dim, keepdim)
+
+
+def argmax(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
+    """Index of the (first) maximum, over all elements (flattened) when ``dim`` is None."""
+    axis = None if dim is None else normalize_dim("argmax", dim, x.ndim)
+    return apply(ARGMAX, x, axis=axis, keepdim=bool(keepdim))
+
+
+def argmin(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
+    """Index of the (first) minimum, over all elements (flattened) when ``dim`` is None."""
+    axis = None if dim is None else normalize_dim("argmin", dim, x.ndim)
+    return apply(ARGMIN, x, axis=axis, keepdim=bool(keepdim))
+
+
+def _max_min(name: str, x: Tensor, dim: Any, keepdim: bool, other: Any) -> Any:
+    from . import movement, pointwise
+    if isinstance(other, Tensor):
+        return (pointwise.maximum if name == "max" else pointwise.minimum)(x, other)
+    if dim is None:
+        return (amax if name == "max" else amin)(x)
+    d = normalize_dim(name, dim, x.ndim)
+    idx = (argmax if name == "max" else argmin)(x, d, keepdim=True)
+    values = movement.gather(x, d, idx)  # the gradient goes to the chosen index only, as in PyTorch
+    if not keepdim:
+        values, idx = movement.squeeze(values, d), movement.squeeze(idx, d)
+    return ValuesIndices(values, idx)
+
+
+@composite
+def max(x: Tensor, dim: Any = None, keepdim: bool = False, other: Any = None) -> Any:
+    """``max(x)``: the largest element; ``max(x, dim)``: ``(values, indices)`` like PyTorch;
+    ``max(x, other_tensor)``: the elementwise maximum."""
+    if isinstance(dim, Tensor):
+        other, dim = dim, None
+    return _max_min("max", x, dim, keepdim, other)
+
+
+@composite
+def min(x: Tensor, dim: Any = None, keepdim: bool = False, other: Any = None) -> Any:
+    """``min(x)``, ``min(x, dim) -> (values, indices)``, or the elementwise minimum with a tensor."""
+    if isinstance(dim, Tensor):
+        other, dim = dim, None
+    return _max_min("min", x, dim, keepdim, other)
+
+
+def _count(x: Tensor, dim: Any) -> int:
+    n = 1
+    for a in normalize_dims("reduce", dim, x.ndim):
+        n *= x.shape[a]
+    return n
+
+
+def _floating(name: str, x: Tensor) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a Tensor, got {type(x).__name__}")
+    return x if x.dtype.is_floating_point else x.to(_dt.get_default_dtype())
+
+
+@composite
+def mean(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Arithmetic mean over ``dim``."""
+    x = _floating("mean", x)
+    n = _count(x, dim)
+    return sum(x, dim, keepdim) * (1.0 / n) if n else sum(x, dim, keepdim) / 0.0
+
+
+@composite
+def var(x: Tensor, dim: Any = None, keepdim: bool = False, correction: int = 1, unbiased: bool | None = None) -> Tensor:
+    """Variance over ``dim`` with Bessel's ``correction`` (1 by default, as in PyTorch)."""
+    if unbiased is not None:
+        correction = 1 if unbiased else 0
+    x = _floating("var", x)
+    n = _count(x, dim)
+    d = x - mean(x, dim, keepdim=True)
+    return sum(d * d, dim, keepdim) / float(n - correction if n > correction else 0)
+
+
+@composite
+def std(x: Tensor, dim: Any = None, keepdim: bool = False, correction: int = 1, unbiased: bool | None = None) -> Tensor:
+    """Standard deviation: ``sqrt(var(...))``."""
+    return var(x, dim, keepdim, correction, unbiased).sqrt()
+
+
+@composite
+def logsumexp(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """``log(sum(exp(x)))`` computed stably (shifted by the maximum)."""
+    from .pointwise import where
+    x = _floating("logsumexp", x)
+    m = amax(x.detach(), dim, keepdim=True)
+    m = where(m.isfinite(), m, 0)
+    out = sum((x - m).exp(), dim, keepdim=True).log() + m
+    if not keepdim:
+        from .movement import reshape
+        out = reshape(out, _reduced_shape(x.shape, normalize_dims("logsumexp", dim, x.ndim), False))
+    return out
+
+
+@composite
+def norm(x: Tensor, p: Any = 2, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """Vector p-norm over ``dim`` (p = 1, 2, inf or any positive number)."""
+    x = _floating("norm", x)
+    if p == 2:
+        return sum(x * x, dim, keepdim).sqrt()
+    if p == 1:
+        return sum(x.abs(), dim, keepdim)
+    if p == float("inf"):
+        return amax(x.abs(), dim, keepdim)
+    if not isinstance(p, (int, float)) or p <= 0:
+        raise DTypeError(f"norm: p must be a positive number or inf, got {p!r}")
+    return sum(x.abs() ** p, dim, keepdim) ** (1.0 / p)
+
+
+def _cumsum_vjp(ctx: Any, g: Tensor) -> tuple:
+    from .movement import flip
+    axis = ctx.attrs["axis"]
+    return (flip(cumsum(flip(g, axis), axis), axis),)
+
+
+CUMSUM = Op("cumsum", infer=lambda x, axis: (x.shape, x.dtype), impl=lambda xp, x, axis: xp.cumsum(x, axis=axis),
+            vjp=_cumsum_vjp, save_inputs=False, linear=True)
+
+
+def cumsum(x: Tensor, dim: int) -> Tensor:
+    """Running sum along ``dim``."""
+    if not x.dtype.is_floating_point and x.dtype is not _dt.int64:
+        x = x.to(_dt.int64)
+    return apply(CUMSUM, x, axis=normalize_dim("cumsum", dim, x.ndim))

@@ -1,0 +1,160 @@
+"""The op registry and the one dispatch point every tensor operation goes through.
+
+An ``Op`` is a small record (JAX-style side tables, per DESIGN.md):
+
+* ``infer(*inputs, **attrs) -> (shape, dtype)``: validates and raises ShapeError/DTypeError;
+* ``impl(xp, *arrays, **attrs) -> array``: the reference kernel against NumPy/CuPy;
+* ``vjp(ctx, g) -> tuple``: input gradients written in Ember ops (None where undefined);
+* ``jvp(ctx, *tangents)``: optional; derived for ``elementwise`` and ``linear`` ops;
+* ``c_expr``: a scalar C expression for pointwise ops (read by the fusing code generator).
+
+``apply`` is the only place where eager execution (run the kernel now, record a
+tape node) and tracing (add a graph node) diverge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..autograd import STATE, Node
+from ..errors import DeviceError
+
+REGISTRY: dict[str, Op] = {}
+COMPOSITES: dict[str, Callable] = {}
+
+
+class Op:
+    """A primitive operation. Every field is read by more than one consumer."""
+
+    def __init__(self, name: str, *, infer: Callable, impl: Callable, vjp: Callable | None = None,
+                 jvp: Callable | None = None, c_expr: str | None = None, save_inputs: bool = True,
+                 save_output: bool = False, elementwise: bool = False, linear: bool = False,
+                 diff_args: tuple[int, ...] | None = None, view: bool = False) -> None:
+        if name in REGISTRY:
+            raise ValueError(f"op {name!r} is defined twice")
+        self.name = name
+        self.infer = infer
+        self.impl = impl
+        self.vjp = vjp
+        self._jvp = jvp
+        self.c_expr = c_expr
+        self.save_inputs = save_inputs
+        self.save_output = save_output
+        self.elementwise = elementwise  # diagonal Jacobian per input (after broadcasting)
+        self.linear = linear            # jointly linear in the differentiable inputs
+        self.diff_args = diff_args      # which inputs can carry gradient (None: all)
+        self.view = view                # output may alias input 0's memory (shares its version counter)
+        REGISTRY[name] = self
+
+    @property
+    def differentiable(self) -> bool:
+        return self.vjp is not None
+
+    def __repr__(self) -> str:
+        return f"Op({self.name})"
+
+    def jvp(self, ctx: Any, tangents: list) -> Any:
+        """Tangent of the output given input tangents (None where an input has none)."""
+        if self._jvp is not None:
+            return self._jvp(ctx, *tangents)
+        from . import creation
+        if self.linear:
+            args = list(ctx.inputs)
+            for i, (x, t) in enumerate(zip(args, tangents)):
+                if self.diff_args is None or i in self.diff_args:
+                    args[i] = t if t is not None else creation.zeros_like(x)
+            return apply(self, *args, **ctx.attrs)
+        if self.elementwise:
+            from .movement import expand
+            total = None
+            out_shape = ctx.out.shape
+            for i, t in enumerate(tangents):
+                if t is None:
+                    continue
+                t = expand(t, out_shape) if t.shape != out_shape else t
+                g = self.vjp(ctx, t)[i]
+                total = g if total is None else total + g
+            return total
+        raise NotImplementedError(f"{self.name}: forward-mode (jvp) is not defined for this op")
+
+
+class _JvpCtx:
+    """What a jvp rule sees: the primal inputs, output and attrs (no version checks needed)."""
+
+    __slots__ = ("attrs", "inputs", "out")
+
+    def __init__(self, inputs: tuple, out: Any, attrs: dict) -> None:
+        self.inputs, self.out, self.attrs = inputs, out, attrs
+
+
+def apply(op: Op, *inputs: Any, **attrs: Any) -> Any:
+    """Run ``op`` on tensors: eagerly (kernel + tape), or add it to the graph being traced."""
+    state = STATE
+    if state.tracer is not None:
+        return state.tracer.apply(op, inputs, attrs)
+    from ..tensor import _make
+    shape, dtype = op.infer(*inputs, **attrs)
+    if inputs:
+        device = inputs[0].device
+        for t in inputs[1:]:
+            if t.device != device:
+                raise DeviceError(f"{op.name}: tensors are on different devices: "
+                                  f"{', '.join(str(t.device) for t in inputs)}; move them to one device first")
+        arrays = [t.data for t in inputs]
+    else:
+        device = attrs["device"]
+        arrays = []
+    xp = _xp(device)
+    data = op.impl(xp, *arrays, **attrs)
+    if type(data) is not np.ndarray and not hasattr(data, "__array_namespace__"):
+        data = xp.asarray(data)
+    if data.dtype != dtype.np:
+        data = data.astype(dtype.np)
+    out = _make(data, dtype, device)
+    if op.view and inputs:
+        out._version = inputs[0]._version
+        out._base = inputs[0]._base if inputs[0]._base is not None else inputs[0]
+    if state.grad_enabled and op.vjp is not None:
+        for t in inputs:
+            if t.requires_grad:
+                out.requires_grad = True
+                out.grad_fn = Node(op, inputs, attrs, out)
+                break
+    if state.forward_ad:
+        _forward(op, inputs, attrs, out)
+    return out
+
+
+def _forward(op: Op, inputs: tuple, attrs: dict, out: Any) -> None:
+    tangents = [t._tangent for t in inputs]
+    if all(t is None for t in tangents):
+        return
+    STATE.forward_ad = False
+    try:
+        tan = op.jvp(_JvpCtx(inputs, out, attrs), tangents)
+    finally:
+        STATE.forward_ad = True
+    if tan is not None:
+        out._tangent = tan.detach()
+
+
+_XP: dict[Any, Any] = {}
+
+
+def _xp(device: Any) -> Any:
+    xp = _XP.get(device)
+    if xp is None:
+        from ..device import get_backend
+        xp = _XP[device] = get_backend(device).xp
+    return xp
+
+
+def composite(fn: Callable) -> Callable:
+    """Mark ``fn`` as a composite: a plain function over primitives whose gradient
+    comes from theirs. The compiler later fuses composites (and caches them per shape)."""
+    COMPOSITES[f"{fn.__module__}.{fn.__qualname__}"] = fn
+    fn.__ember_composite__ = True  # type: ignore[attr-defined]
+    return fn
