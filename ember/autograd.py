@@ -37,6 +37,7 @@ class _State(threading.local):
 
 STATE = _State()
 _seq = itertools.count()
+_LEAF_FIRST = 1 << 62  # heap priority of a ready leaf: ahead of every node
 
 
 # ----------------------------------------------------------------------------- grad mode
@@ -45,8 +46,8 @@ def is_grad_enabled() -> bool:
     return STATE.grad_enabled
 
 
-class set_grad_enabled(contextlib.ContextDecorator):
-    """Context manager / decorator that turns gradient recording on or off."""
+class _GradMode(contextlib.ContextDecorator):
+    """Sets the grad mode for a ``with`` block (or each call of a decorated function), then restores it."""
 
     def __init__(self, mode: bool) -> None:
         self.mode = bool(mode)
@@ -59,19 +60,64 @@ class set_grad_enabled(contextlib.ContextDecorator):
     def __exit__(self, *exc: Any) -> None:
         STATE.grad_enabled = self.prev.pop()
 
+    def _recreate_cm(self) -> _GradMode:
+        # A decorated function gets a fresh context per call, so concurrent calls (threads,
+        # recursion) never share one ``prev`` stack.
+        return _GradMode(self.mode)
 
-class no_grad(set_grad_enabled):
+
+class set_grad_enabled(_GradMode):
+    """Turn gradient recording on or off: as a function (``ember.set_grad_enabled(False)`` takes
+    effect immediately, like PyTorch's), as a context manager, or as a decorator."""
+
+    def __init__(self, mode: bool) -> None:
+        super().__init__(mode)
+        self._undo: bool | None = STATE.grad_enabled  # the function form applies right away
+        STATE.grad_enabled = self.mode
+
+    def __enter__(self) -> None:
+        if self._undo is not None:  # ``with set_grad_enabled(m):`` -- restore the mode from before the call
+            self.prev.append(self._undo)
+            self._undo = None
+            STATE.grad_enabled = self.mode
+        else:
+            super().__enter__()
+
+    def __call__(self, fn: Callable) -> Callable:
+        if self._undo is not None:  # used as a decorator: it must not change the mode at definition time
+            STATE.grad_enabled = self._undo
+            self._undo = None
+        return super().__call__(fn)
+
+
+class _NoArgMode(_GradMode):
+    """``no_grad``/``enable_grad``: usable as ``with no_grad():``, ``@no_grad()`` or bare ``@no_grad``."""
+
+    MODE = True
+
+    def __new__(cls, fn: Callable | None = None) -> Any:
+        self = super().__new__(cls)
+        if fn is None:
+            return self
+        if not callable(fn):
+            raise TypeError(f"{cls.__name__}() takes no arguments (or a function, when used as a decorator)")
+        self.__init__()
+        return self(fn)
+
+    def __init__(self, fn: Callable | None = None) -> None:
+        super().__init__(self.MODE)
+
+
+class no_grad(_NoArgMode):
     """Disable gradient recording: ``with ember.no_grad(): ...`` or as a decorator."""
 
-    def __init__(self) -> None:
-        super().__init__(False)
+    MODE = False
 
 
-class enable_grad(set_grad_enabled):
+class enable_grad(_NoArgMode):
     """Re-enable gradient recording inside a ``no_grad`` block."""
 
-    def __init__(self) -> None:
-        super().__init__(True)
+    MODE = True
 
 
 # ----------------------------------------------------------------------------- tape node
@@ -176,7 +222,26 @@ class Node:
     def register_hook(self, fn: Callable) -> None:
         if self.pre_hooks is None:
             self.pre_hooks = []
+        ref = getattr(fn, "_ember_retains", None)
+        if ref is not None and any(getattr(h, "_ember_retains", None) is not None and h._ember_retains() is ref()
+                                   for h in self.pre_hooks):
+            return  # retain_grad() called twice on one tensor: keep a single retaining hook
         self.pre_hooks.append(fn)
+
+    def _run_pre_hooks(self, g: Tensor) -> Tensor:
+        # The tensor's own hooks first, in registration order; the hooks that fill ``.grad`` for
+        # retain_grad() last, so a retained gradient is the one after every hook (as in PyTorch).
+        retains = []
+        for hook in self.pre_hooks:
+            if getattr(hook, "_ember_retains", None) is not None:
+                retains.append(hook)
+                continue
+            r = hook(g)
+            if r is not None:
+                g = r
+        for hook in retains:
+            hook(g)
+        return g
 
     def release(self) -> None:
         self._inputs = None
@@ -215,19 +280,21 @@ def sum_to_shape(g: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 # ----------------------------------------------------------------------------- the backward engine
 
-def _check_grad_output(t: Tensor, g: Tensor | None) -> Tensor:
+def _check_grad_output(t: Tensor, g: Tensor | None, fname: str) -> Tensor:
     from .ops import creation
     from .tensor import Tensor as _T
     if g is None:
         if t.numel() != 1:
+            hint = ("out.backward(ember.ones_like(out))" if fname == "backward"
+                    else "grad(out, x, grad_outputs=ember.ones_like(out))")
             raise AutogradError(
-                f"backward: grad can be implicitly created only for scalar outputs, but the output has "
-                f"shape {t.shape}; pass a gradient of that shape (e.g. out.backward(ember.ones_like(out)))")
+                f"{fname}: grad can be implicitly created only for scalar outputs, but the output has "
+                f"shape {t.shape}; pass a gradient of that shape (e.g. {hint})")
         return creation.ones_like(t)
     if not isinstance(g, _T):
         g = creation.tensor(g, dtype=t.dtype, device=t.device)
     if g.shape != t.shape:
-        raise ShapeError(f"backward: gradient has shape {g.shape} but the output has shape {t.shape}")
+        raise ShapeError(f"{fname}: gradient has shape {g.shape} but the output has shape {t.shape}")
     return g
 
 
@@ -235,22 +302,27 @@ def _run(outputs: Sequence[Tensor], grad_outputs: Sequence[Tensor | None], retai
          create_graph: bool, targets: Sequence[Tensor] | None, allow_unused: bool) -> list | None:
     """Shared engine of ``backward`` (targets None: accumulate into leaves) and ``grad``."""
     from .ops import pointwise as _pw
+    from .tensor import Tensor as _T
+    fname = "backward" if targets is None else "grad"
     roots = []
-    for t, g in zip(outputs, grad_outputs):
+    for i, (t, g) in enumerate(zip(outputs, grad_outputs)):
+        if not isinstance(t, _T):
+            raise TypeError(f"{fname}: outputs[{i}] is {type(t).__name__}, expected a Tensor")
         if not t.requires_grad:
             if targets is not None and allow_unused:
                 continue
             raise AutogradError(
-                f"backward: output of shape {t.shape} does not require grad and has no grad_fn; did you "
+                f"{fname}: output of shape {t.shape} does not require grad and has no grad_fn; did you "
                 "compute it under no_grad(), or forget requires_grad=True on the inputs?")
-        roots.append((t, _check_grad_output(t, g)))
+        roots.append((t, _check_grad_output(t, g, fname)))
 
-    # Targets for ember.grad: leaves are keyed by id(tensor), non-leaves by their node.
-    target_slot: dict[int, int] = {}
+    # Targets for ember.grad: leaves are keyed by id(tensor), non-leaves by their node. The same
+    # tensor may be asked for more than once.
+    target_slot: dict[int, list[int]] = {}
     if targets is not None:
         for i, t in enumerate(targets):
             key = id(t) if t.grad_fn is None else id(t.grad_fn)
-            target_slot[key] = i
+            target_slot.setdefault(key, []).append(i)
     results: list = [None] * (len(targets) if targets is not None else 0)
 
     # 1. discover the graph reachable from the roots (iterative DFS)
@@ -312,8 +384,10 @@ def _run(outputs: Sequence[Tensor], grad_outputs: Sequence[Tensor | None], retai
         grads[k] = g if prev is None else _pw.add(prev, g)
 
     def push(k: int) -> None:
+        # Nodes run latest-created first; a leaf runs as soon as its gradient is complete, so its
+        # post-accumulate hooks fire while the rest of the backward pass is still to come.
         obj = objs[k]
-        heapq.heappush(ready, (-obj.seq if isinstance(obj, Node) else 1, next(_seq), k))
+        heapq.heappush(ready, (-obj.seq if isinstance(obj, Node) else -_LEAF_FIRST, next(_seq), k))
 
     for t, g in roots:
         k = id(t if t.grad_fn is None else t.grad_fn)
@@ -331,12 +405,11 @@ def _run(outputs: Sequence[Tensor], grad_outputs: Sequence[Tensor | None], retai
             g = grads.pop(k, None)
             if isinstance(obj, Node):
                 if g is not None and obj.pre_hooks:
-                    for hook in obj.pre_hooks:
-                        r = hook(g)
-                        if r is not None:
-                            g = r
+                    g = obj._run_pre_hooks(g)
+                    handed_out.add(id(g.data))  # a hook may keep it (retain_grad does)
                 if k in target_slot:
-                    results[target_slot[k]] = g
+                    for i in target_slot[k]:
+                        results[i] = g
                 in_grads = None
                 if g is not None and any(c in live for c in children[k]):
                     in_grads = obj.op.vjp(obj, g)
@@ -365,9 +438,11 @@ def _run(outputs: Sequence[Tensor], grad_outputs: Sequence[Tensor | None], retai
                         r = hook(g)
                         if r is not None:
                             g = r
+                    handed_out.add(id(g.data))  # a hook may have kept it: never accumulate into it in place
                 if targets is not None:
                     if k in target_slot:
-                        results[target_slot[k]] = g
+                        for i in target_slot[k]:
+                            results[i] = g
                     continue
                 _accumulate(obj, g, create_graph, handed_out)
                 if obj._post_hooks:
@@ -406,7 +481,7 @@ def backward(tensors: Tensor | Sequence[Tensor], grad_tensors: Any = None,
     """Accumulate d(tensors)/d(leaf) into ``leaf.grad`` for every leaf that requires grad."""
     from .tensor import Tensor as _T
     outs = [tensors] if isinstance(tensors, _T) else list(tensors)
-    gouts = _as_list(grad_tensors, len(outs))
+    gouts = _as_list(grad_tensors, len(outs), single=isinstance(tensors, _T))
     _run(outs, gouts, create_graph if retain_graph is None else retain_graph, create_graph, None, False)
 
 
@@ -425,17 +500,20 @@ def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor], 
             raise TypeError(f"grad: inputs[{i}] is {type(t).__name__}, expected a Tensor")
         if not t.requires_grad:
             raise AutogradError(f"grad: inputs[{i}] (shape {t.shape}) does not require grad")
-    gouts = _as_list(grad_outputs, len(outs))
+    gouts = _as_list(grad_outputs, len(outs), single=isinstance(outputs, _T))
     res = _run(outs, gouts, create_graph if retain_graph is None else retain_graph, create_graph, ins,
                allow_unused)
     return tuple(res)
 
 
-def _as_list(x: Any, n: int) -> list:
+def _as_list(x: Any, n: int, single: bool = False) -> list:
+    """Gradients per output. With one output (``single``) a plain nested list of numbers is that
+    output's gradient, not a list of gradients."""
     from .tensor import Tensor as _T
     if x is None:
         return [None] * n
-    if isinstance(x, _T) or not isinstance(x, (list, tuple)):
+    one_list = len(x) == 1 and (x[0] is None or isinstance(x[0], _T)) if isinstance(x, (list, tuple)) else False
+    if isinstance(x, _T) or not isinstance(x, (list, tuple)) or (single and not one_list):
         x = [x]
     if len(x) != n:
         raise AutogradError(f"got {len(x)} grad_outputs for {n} outputs")
@@ -451,6 +529,7 @@ def _retain_grad_hook(t: Tensor) -> Callable:
         target = ref()
         if target is not None:
             target.grad = g if target.grad is None else target.grad + g
+    hook._ember_retains = ref  # type: ignore[attr-defined]  # Node.register_hook dedupes; runs last
     return hook
 
 
@@ -532,8 +611,8 @@ def gradcheck(fn: Callable, inputs: Sequence[Tensor], eps: float = 1e-6, atol: f
     projs = [rng.standard_normal(o.shape) for o in outs]
 
     def scalar(args: list) -> float:
-        with no_grad():
-            return float(sum(float(np.sum(o.data.astype(np.float64) * p)) for o, p in zip(outputs_of(args), projs)))
+        # Not under no_grad: ``fn`` may differentiate internally (checking a gradient of a gradient).
+        return float(sum(float(np.sum(o.data.astype(np.float64) * p)) for o, p in zip(outputs_of(args), projs)))
 
     from .ops import creation
     gouts = [creation.tensor(p, dtype=o.dtype) for o, p in zip(outs, projs)]

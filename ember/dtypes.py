@@ -53,8 +53,9 @@ class DType:
     def __repr__(self) -> str:
         return f"ember.{self.name}"
 
-    def __reduce__(self) -> str:
-        return self.name
+    def __reduce__(self) -> tuple:
+        # Unpickles (and deep-copies) to the one instance per dtype, so ``is`` comparisons keep working.
+        return (to_dtype, (self.name,))
 
 
 bool_ = DType("bool", np.bool_, BOOL, 0)
@@ -104,6 +105,8 @@ def to_dtype(x: Any) -> DType:
         return int64
     if x is bool:
         return bool_
+    if x is None:  # np.dtype(None) would silently mean float64
+        raise DTypeError("expected a dtype, got None")
     try:
         npd = np.dtype(x)
     except TypeError:

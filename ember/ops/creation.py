@@ -18,7 +18,15 @@ from ._shape import check_shape_arg
 def _shape_args(name: str, size: tuple) -> tuple[int, ...]:
     if len(size) == 1 and isinstance(size[0], (tuple, list)):
         size = tuple(size[0])
+    check_integral_sizes(name, size)
     return check_shape_arg(name, size)
+
+
+def check_integral_sizes(name: str, size: Any) -> None:
+    """Sizes must be integers (``zeros(2.5)`` is an error, not a silent ``zeros(2)``)."""
+    for s in size:
+        if isinstance(s, bool) or not hasattr(s, "__index__"):
+            raise ShapeError(f"{name}: shape must be a sequence of ints, got {tuple(size)!r}")
 
 
 def _finish(data: np.ndarray, dtype: _dt.DType, device: Any, requires_grad: bool, name: str) -> Tensor:
@@ -34,21 +42,33 @@ def _finish(data: np.ndarray, dtype: _dt.DType, device: Any, requires_grad: bool
 
 
 def _infer_dtype(data: Any) -> _dt.DType:
-    """dtype for data coming from Python: floats -> default float, ints -> int64, bools -> bool."""
+    """dtype for data coming from Python: floats -> default float, ints -> int64, bools -> bool.
+    NumPy arrays and NumPy scalars keep their dtype."""
     arr = np.asarray(data)
+    if isinstance(data, (np.ndarray, np.generic)):
+        return _dt.from_numpy_dtype(arr.dtype)
     if arr.dtype.kind == "f":
-        return _dt.get_default_dtype() if not isinstance(data, np.ndarray) else _dt.from_numpy_dtype(arr.dtype)
-    if arr.dtype.kind in "iu" and not isinstance(data, (np.ndarray, np.generic)):
+        return _dt.get_default_dtype()
+    if arr.dtype.kind in "iu":
         return _dt.int64
     if arr.dtype.kind == "b":
         return _dt.bool_
-    return _dt.to_dtype(arr.dtype)
+    if arr.dtype == object and _has_big_int(data):
+        raise DTypeError("tensor: an integer in the data does not fit in int64")
+    return _dt.from_numpy_dtype(arr.dtype)
+
+
+def _has_big_int(data: Any) -> bool:
+    if isinstance(data, (list, tuple)):
+        return any(_has_big_int(x) for x in data)
+    return isinstance(data, int) and not isinstance(data, bool) and not -2 ** 63 <= data < 2 ** 63
 
 
 def tensor(data: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False) -> Tensor:
     """A new tensor holding a copy of ``data`` (nested lists, numbers, NumPy arrays or tensors)."""
     if isinstance(data, Tensor):
-        arr = np.array(data.data, copy=True) if data.device.type == "cpu" else get_backend(data.device).to_numpy(data.data)
+        arr = (np.array(data.data, copy=True) if data.device.type == "cpu"
+               else get_backend(data.device).to_numpy(data.data))
         d = data.dtype if dtype is None else _dt.to_dtype(dtype)
         return _finish(arr.astype(d.np, copy=False), d, device or data.device, requires_grad, "tensor")
     if isinstance(data, (list, tuple)) and any(isinstance(x, Tensor) for x in _flat_first(data)):
@@ -56,6 +76,10 @@ def tensor(data: Any, dtype: Any = None, device: Any = None, requires_grad: bool
     try:
         d = _dt.to_dtype(dtype) if dtype is not None else _infer_dtype(data)
         arr = np.array(data, dtype=d.np)
+    except DTypeError:
+        raise
+    except OverflowError as e:
+        raise DTypeError(f"tensor: a value does not fit in {d.name}: {e}") from None
     except (ValueError, TypeError) as e:
         raise ShapeError(f"tensor: cannot build a tensor from {type(data).__name__}: {e}") from None
     if arr.dtype == object:
@@ -98,9 +122,16 @@ def from_numpy(array: np.ndarray) -> Tensor:
 
 def from_dlpack(obj: Any) -> Tensor:
     """Zero-copy import of a DLPack-capable array (PyTorch, JAX, CuPy, NumPy tensors)."""
+    if not hasattr(obj, "__dlpack__"):
+        raise TypeError(f"from_dlpack: expected an object with __dlpack__ (a PyTorch/JAX/CuPy/NumPy array), "
+                        f"got {type(obj).__name__}")
     dev_type, _ = obj.__dlpack_device__() if hasattr(obj, "__dlpack_device__") else (1, 0)
     if dev_type == 1:  # kDLCPU
-        arr = np.from_dlpack(obj)
+        try:
+            arr = np.from_dlpack(obj)
+        except (RuntimeError, TypeError, ValueError) as e:  # e.g. bfloat16, which NumPy lacks
+            raise DTypeError(f"from_dlpack: cannot import this array ({e}); supported dtypes: "
+                             f"{', '.join(d.name for d in _dt.ALL)}") from None
         return _make(arr, _dt.from_numpy_dtype(arr.dtype), _device("cpu"))
     dev = _device("cuda")
     arr = get_backend(dev).from_dlpack(obj)
@@ -130,6 +161,14 @@ def ones(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool 
 def full(size: Sequence[int], fill_value: Any, dtype: Any = None, device: Any = None,
          requires_grad: bool = False) -> Tensor:
     """A tensor filled with ``fill_value``; its dtype follows the value unless given."""
+    if isinstance(fill_value, Tensor):
+        if fill_value.numel() != 1:
+            raise ShapeError(f"full: fill_value must be a number or a one-element tensor, got shape "
+                             f"{fill_value.shape}")
+        fill_value = fill_value.item()
+    size = (size,) if hasattr(size, "__index__") and not isinstance(size, bool) else size
+    if not isinstance(size, (tuple, list)):
+        raise ShapeError(f"full: size must be an int or a sequence of ints, got {size!r}")
     return _full("full", (tuple(size),), fill_value, dtype, device, requires_grad)
 
 
@@ -166,8 +205,15 @@ def arange(start: Any, end: Any = None, step: Any = 1, dtype: Any = None, device
     """Values ``start, start+step, ...`` below ``end`` (int64 for integer arguments, else float32)."""
     if end is None:
         start, end = 0, start
+    start, end, step = (v.item() if isinstance(v, Tensor) else v for v in (start, end, step))
+    for what, v in (("start", start), ("end", end), ("step", step)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
+            raise ValueError(f"arange: {what} must be a finite number, got {v!r}")
     if step == 0:
         raise ValueError("arange: step must be nonzero")
+    if (end - start) * step < 0:
+        raise ValueError(f"arange: step {step} goes away from end (start={start}, end={end}); "
+                         "use a step of the other sign")
     if dtype is None:
         is_int = all(isinstance(v, (int, np.integer)) for v in (start, end, step))
         d = _dt.int64 if is_int else _dt.get_default_dtype()
@@ -179,6 +225,8 @@ def arange(start: Any, end: Any = None, step: Any = 1, dtype: Any = None, device
 def linspace(start: float, end: float, steps: int, dtype: Any = None, device: Any = None,
              requires_grad: bool = False) -> Tensor:
     """``steps`` evenly spaced values from ``start`` to ``end`` inclusive."""
+    if isinstance(steps, bool) or not hasattr(steps, "__index__"):
+        raise TypeError(f"linspace: steps must be an int, got {steps!r}")
     if steps < 0:
         raise ValueError(f"linspace: steps must be non-negative, got {steps}")
     d = _dt.to_dtype(dtype) if dtype is not None else _dt.get_default_dtype()
@@ -188,6 +236,12 @@ def linspace(start: float, end: float, steps: int, dtype: Any = None, device: An
 def eye(n: int, m: int | None = None, dtype: Any = None, device: Any = None, requires_grad: bool = False) -> Tensor:
     """The identity matrix (``n x m``)."""
     d = _dt.to_dtype(dtype) if dtype is not None else _dt.get_default_dtype()
+    if m is None:
+        m = n
+    for v in (n, m):
+        if isinstance(v, bool) or not hasattr(v, "__index__"):
+            raise ShapeError(f"eye: n and m must be ints, got n={n!r}, m={m!r}")
+    n, m = check_shape_arg("eye", (n, m))
     return _finish(np.eye(n, m, dtype=d.np), d, device, requires_grad, "eye")
 
 

@@ -28,10 +28,11 @@ class Generator:
         self.manual_seed(np.random.SeedSequence().entropy if seed is None else seed)
 
     def manual_seed(self, seed: int) -> Generator:
-        if not isinstance(seed, (int, np.integer)):
+        """Restart the stream from ``seed`` (any int; negative seeds are taken modulo 2**64)."""
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"manual_seed: seed must be an int, got {type(seed).__name__}")
         self._seed = int(seed)
-        self.rng = np.random.Generator(np.random.PCG64(self._seed))
+        self.rng = np.random.Generator(np.random.PCG64(self._seed % (1 << 64) if self._seed < 0 else self._seed))
         return self
 
     def initial_seed(self) -> int:
@@ -95,12 +96,16 @@ RANDINT = Op("randint", infer=_infer, impl=_randint)
 
 def _args(name: str, size: tuple, dtype: Any, device: Any, generator: Generator | None,
           floating: bool = True) -> tuple:
+    from .creation import check_integral_sizes
     if len(size) == 1 and isinstance(size[0], (tuple, list)):
         size = tuple(size[0])
+    check_integral_sizes(name, size)
     shape = check_shape_arg(name, size)
     d = _dt.to_dtype(dtype) if dtype is not None else (_dt.get_default_dtype() if floating else _dt.int64)
     if floating and not d.is_floating_point:
         raise DTypeError(f"{name}: expected a floating dtype, got {d.name}")
+    if generator is not None and not isinstance(generator, Generator):
+        raise TypeError(f"{name}: generator must be an ember.Generator, got {type(generator).__name__}")
     gen = generator if generator is not None else default_generator
     return shape, d, to_device(device), gen
 
@@ -156,6 +161,10 @@ def randint(low: int, high: int | None = None, size: Any = (), dtype: Any = None
     shape, d, dev, gen = _args("randint", (size,), dtype, device, generator, floating=False)
     if d.is_floating_point or d.is_bool:
         raise DTypeError(f"randint: expected an integer dtype, got {d.name}")
+    info = np.iinfo(d.np)
+    if low < info.min or high - 1 > info.max:
+        raise ValueError(f"randint: the range [{low}, {high}) does not fit in {d.name} "
+                         f"([{info.min}, {info.max}])")
     return _draw(RANDINT, shape, d, dev, gen, False, low=int(low), high=int(high))
 
 
@@ -169,8 +178,12 @@ def randn_like(x: Tensor, dtype: Any = None, generator: Generator | None = None)
 
 def randperm(n: int, dtype: Any = None, device: Any = None, generator: Generator | None = None) -> Tensor:
     """A random permutation of ``0..n-1``."""
+    if isinstance(n, bool) or not hasattr(n, "__index__"):
+        raise TypeError(f"randperm: n must be an int, got {n!r}")
     if n < 0:
         raise ShapeError(f"randperm: n must be non-negative, got {n}")
     from .creation import tensor
+    if generator is not None and not isinstance(generator, Generator):
+        raise TypeError(f"randperm: generator must be an ember.Generator, got {type(generator).__name__}")
     gen = generator if generator is not None else default_generator
     return tensor(gen.rng.permutation(n), dtype=dtype or _dt.int64, device=device)

@@ -6,6 +6,8 @@ import builtins
 from collections import namedtuple
 from typing import Any
 
+import numpy as np
+
 from .. import dtypes as _dt
 from ..errors import DTypeError
 from ..tensor import Tensor
@@ -16,6 +18,8 @@ ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])
 
 
 def _reduced_shape(shape: tuple, axes: tuple, keepdim: bool) -> tuple:
+    if len(axes) == len(shape):
+        return (1,) * len(shape) if keepdim else ()
     if keepdim:
         return tuple(1 if i in axes else n for i, n in enumerate(shape))
     return tuple(n for i, n in enumerate(shape) if i not in axes)
@@ -23,7 +27,7 @@ def _reduced_shape(shape: tuple, axes: tuple, keepdim: bool) -> tuple:
 
 def _infer(name: str, out_dtype: Any = None, nonempty: bool = False):
     def infer(x: Tensor, axes: tuple, keepdim: bool) -> tuple:
-        if nonempty and builtins.any(x.shape[a] == 0 for a in axes):
+        if nonempty and 0 in x.data.shape and builtins.any(x.shape[a] == 0 for a in axes):
             from ..errors import ShapeError
             raise ShapeError(f"{name}: cannot reduce over an empty dimension (shape {x.shape}, dims {axes})")
         return _reduced_shape(x.shape, axes, keepdim), out_dtype or x.dtype
@@ -78,7 +82,13 @@ def _prod_jvp(ctx: Any, t: Tensor) -> Tensor:
     return sum(t * _prod_vjp(ctx, ones_like(ctx.out))[0], dim=axes, keepdim=keepdim)
 
 
-SUM = Op("sum", infer=_infer("sum"), impl=lambda xp, x, axes, keepdim: xp.sum(x, axis=axes, keepdims=keepdim),
+def _sum_impl(xp: Any, x: Any, axes: tuple, keepdim: bool) -> Any:
+    if xp is np:  # the ufunc method skips np.sum's Python-level dispatch
+        return np.add.reduce(x, axis=axes, keepdims=keepdim)
+    return xp.sum(x, axis=axes, keepdims=keepdim)
+
+
+SUM = Op("sum", infer=_infer("sum"), impl=_sum_impl,
          vjp=_sum_vjp, save_inputs=False, linear=True)
 AMAX = Op("amax", infer=_infer("amax", nonempty=True),
           impl=lambda xp, x, axes, keepdim: xp.amax(x, axis=axes, keepdims=keepdim),
@@ -88,15 +98,18 @@ AMIN = Op("amin", infer=_infer("amin", nonempty=True),
           vjp=_extreme_vjp, jvp=_extreme_jvp, save_output=True)
 PROD = Op("prod", infer=_infer("prod"), impl=lambda xp, x, axes, keepdim: xp.prod(x, axis=axes, keepdims=keepdim),
           vjp=_prod_vjp, jvp=lambda ctx, t: _prod_jvp(ctx, t))
-ALL = Op("all", infer=_infer("all", _dt.bool_), impl=lambda xp, x, axes, keepdim: xp.all(x, axis=axes, keepdims=keepdim))
-ANY = Op("any", infer=_infer("any", _dt.bool_), impl=lambda xp, x, axes, keepdim: xp.any(x, axis=axes, keepdims=keepdim))
+ALL = Op("all", infer=_infer("all", _dt.bool_),
+         impl=lambda xp, x, axes, keepdim: xp.all(x, axis=axes, keepdims=keepdim))
+ANY = Op("any", infer=_infer("any", _dt.bool_),
+         impl=lambda xp, x, axes, keepdim: xp.any(x, axis=axes, keepdims=keepdim))
 
 
 def _arg_infer(name: str):
     def infer(x: Tensor, axis: int | None, keepdim: bool) -> tuple:
-        if x.numel() == 0:
+        if x.numel() == 0 and (axis is None or x.shape[axis] == 0):
             from ..errors import ShapeError
-            raise ShapeError(f"{name}: cannot take the {name} of an empty tensor (shape {x.shape})")
+            where = "an empty tensor" if axis is None else f"an empty dimension {axis}"
+            raise ShapeError(f"{name}: cannot take the {name} over {where} (shape {x.shape})")
         if axis is None:
             return ((1,) * x.ndim if keepdim else ()), _dt.int64
         return _reduced_shape(x.shape, (axis,), keepdim), _dt.int64
@@ -114,14 +127,43 @@ ARGMAX = Op("argmax", infer=_arg_infer("argmax"), impl=_arg_impl("argmax"))
 ARGMIN = Op("argmin", infer=_arg_infer("argmin"), impl=_arg_impl("argmin"))
 
 
-def _reduce(op: Op, x: Tensor, dim: Any, keepdim: bool) -> Tensor:
+def _check_tensor(name: str, x: Any) -> None:
     if not isinstance(x, Tensor):
-        raise TypeError(f"{op.name}: expected a Tensor, got {type(x).__name__}")
-    return apply(op, x, axes=normalize_dims(op.name, dim, x.ndim), keepdim=bool(keepdim))
+        raise TypeError(f"{name}: expected a Tensor, got {type(x).__name__}")
+
+
+def _axes(name: str, dim: Any, ndim: int) -> tuple[int, ...]:
+    """``dim`` (None, an int or a sequence of ints) as normalized axes. A 0-d tensor accepts
+    dim 0 or -1 (as in PyTorch) and reduces over nothing."""
+    if dim is not None and not isinstance(dim, int):
+        if isinstance(dim, np.integer):
+            dim = int(dim)
+        elif isinstance(dim, (tuple, list)) and builtins.all(isinstance(d, (int, np.integer)) for d in dim):
+            dim = tuple(int(d) for d in dim)
+        else:
+            raise TypeError(f"{name}: dim must be an int, a tuple of ints or None, got {dim!r}")
+    axes = normalize_dims(name, dim, ndim)
+    return axes if ndim else ()
+
+
+def _axis(name: str, dim: Any, ndim: int) -> int | None:
+    """A single ``dim`` normalized (None for a 0-d tensor, which has no axis to index)."""
+    if isinstance(dim, np.integer):
+        dim = int(dim)
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        raise TypeError(f"{name}: dim must be an int, got {dim!r}")
+    d = normalize_dim(name, dim, ndim)
+    return d if ndim else None
+
+
+def _reduce(op: Op, x: Tensor, dim: Any, keepdim: bool) -> Tensor:
+    _check_tensor(op.name, x)
+    return apply(op, x, axes=_axes(op.name, dim, x.ndim), keepdim=bool(keepdim))
 
 
 def sum(x: Tensor, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
     """Sum over ``dim`` (an int, a tuple, or None for all). Integer and bool inputs sum in int64."""
+    _check_tensor("sum", x)
     if dtype is not None:
         x = x.to(dtype)
     elif not x.dtype.is_floating_point and x.dtype is not _dt.int64:
@@ -129,8 +171,14 @@ def sum(x: Tensor, dim: Any = None, keepdim: bool = False, dtype: Any = None) ->
     return _reduce(SUM, x, dim, keepdim)
 
 
-def prod(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """Product over ``dim``; the gradient is exact when entries are zero."""
+def prod(x: Tensor, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
+    """Product over ``dim``; the gradient is exact when entries are zero. Integer and bool inputs
+    multiply in int64 (as ``sum`` does, and as in PyTorch)."""
+    _check_tensor("prod", x)
+    if dtype is not None:
+        x = x.to(dtype)
+    elif not x.dtype.is_floating_point and x.dtype is not _dt.int64:
+        x = x.to(_dt.int64)
     return _reduce(PROD, x, dim, keepdim)
 
 
@@ -154,23 +202,32 @@ def any(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
 
 def argmax(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
     """Index of the (first) maximum, over all elements (flattened) when ``dim`` is None."""
-    axis = None if dim is None else normalize_dim("argmax", dim, x.ndim)
+    _check_tensor("argmax", x)
+    axis = None if dim is None else _axis("argmax", dim, x.ndim)
     return apply(ARGMAX, x, axis=axis, keepdim=bool(keepdim))
 
 
 def argmin(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
     """Index of the (first) minimum, over all elements (flattened) when ``dim`` is None."""
-    axis = None if dim is None else normalize_dim("argmin", dim, x.ndim)
+    _check_tensor("argmin", x)
+    axis = None if dim is None else _axis("argmin", dim, x.ndim)
     return apply(ARGMIN, x, axis=axis, keepdim=bool(keepdim))
 
 
 def _max_min(name: str, x: Tensor, dim: Any, keepdim: bool, other: Any) -> Any:
     from . import movement, pointwise
+    _check_tensor(name, x)
     if isinstance(other, Tensor):
         return (pointwise.maximum if name == "max" else pointwise.minimum)(x, other)
     if dim is None:
         return (amax if name == "max" else amin)(x)
-    d = normalize_dim(name, dim, x.ndim)
+    d = _axis(name, dim, x.ndim)
+    if d is None:  # a 0-d tensor: its one element, at index 0
+        from .creation import zeros
+        return ValuesIndices(pointwise.clone(x), zeros((), dtype=_dt.int64, device=x.device))
+    if x.shape[d] == 0:
+        from ..errors import ShapeError
+        raise ShapeError(f"{name}: cannot reduce over the empty dimension {d} (shape {x.shape})")
     idx = (argmax if name == "max" else argmin)(x, d, keepdim=True)
     values = movement.gather(x, d, idx)  # the gradient goes to the chosen index only, as in PyTorch
     if not keepdim:
@@ -195,9 +252,9 @@ def min(x: Tensor, dim: Any = None, keepdim: bool = False, other: Any = None) ->
     return _max_min("min", x, dim, keepdim, other)
 
 
-def _count(x: Tensor, dim: Any) -> int:
+def _count(name: str, x: Tensor, dim: Any) -> int:
     n = 1
-    for a in normalize_dims("reduce", dim, x.ndim):
+    for a in _axes(name, dim, x.ndim):
         n *= x.shape[a]
     return n
 
@@ -212,7 +269,7 @@ def _floating(name: str, x: Tensor) -> Tensor:
 def mean(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
     """Arithmetic mean over ``dim``."""
     x = _floating("mean", x)
-    n = _count(x, dim)
+    n = _count("mean", x, dim)
     return sum(x, dim, keepdim) * (1.0 / n) if n else sum(x, dim, keepdim) / 0.0
 
 
@@ -222,7 +279,7 @@ def var(x: Tensor, dim: Any = None, keepdim: bool = False, correction: int = 1, 
     if unbiased is not None:
         correction = 1 if unbiased else 0
     x = _floating("var", x)
-    n = _count(x, dim)
+    n = _count("var", x, dim)
     d = x - mean(x, dim, keepdim=True)
     return sum(d * d, dim, keepdim) / float(n - correction if n > correction else 0)
 
@@ -230,6 +287,8 @@ def var(x: Tensor, dim: Any = None, keepdim: bool = False, correction: int = 1, 
 @composite
 def std(x: Tensor, dim: Any = None, keepdim: bool = False, correction: int = 1, unbiased: bool | None = None) -> Tensor:
     """Standard deviation: ``sqrt(var(...))``."""
+    _check_tensor("std", x)
+    _axes("std", dim, x.ndim)  # errors name std, not var
     return var(x, dim, keepdim, correction, unbiased).sqrt()
 
 
@@ -238,28 +297,51 @@ def logsumexp(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
     """``log(sum(exp(x)))`` computed stably (shifted by the maximum)."""
     from .pointwise import where
     x = _floating("logsumexp", x)
-    m = amax(x.detach(), dim, keepdim=True)
-    m = where(m.isfinite(), m, 0)
-    out = sum((x - m).exp(), dim, keepdim=True).log() + m
+    axes = _axes("logsumexp", dim, x.ndim)
+    if builtins.any(x.shape[a] == 0 for a in axes):  # an empty sum: the result is log(0) = -inf
+        from .creation import zeros
+        m = zeros(_reduced_shape(x.shape, axes, True), dtype=x.dtype, device=x.device)
+    else:
+        m = amax(x.detach(), axes, keepdim=True)
+        m = where(m.isfinite(), m, 0)
+    out = sum((x - m).exp(), axes, keepdim=True).log() + m
     if not keepdim:
         from .movement import reshape
-        out = reshape(out, _reduced_shape(x.shape, normalize_dims("logsumexp", dim, x.ndim), False))
+        out = reshape(out, _reduced_shape(x.shape, axes, False))
     return out
+
+
+def _root(s: Tensor, p: float) -> Tensor:
+    """``s ** (1/p)`` whose gradient is 0 (not nan) where ``s == 0``, so the gradient of a norm at
+    the zero vector is 0 as in PyTorch."""
+    from .pointwise import where
+    zero = s == 0
+    safe = where(zero, 1, s)
+    return where(zero, 0, safe.sqrt() if p == 2 else safe ** (1.0 / p))
 
 
 @composite
 def norm(x: Tensor, p: Any = 2, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """Vector p-norm over ``dim`` (p = 1, 2, inf or any positive number)."""
+    """Vector p-norm over ``dim``: p = 2 (``"fro"``), 1, inf, -inf (smallest magnitude), 0 (number
+    of nonzero entries) or any positive number. The gradient at the zero vector is 0."""
     x = _floating("norm", x)
+    if p == "fro":
+        p = 2
+    if (isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or p != p
+            or (p < 0 and p != float("-inf"))):
+        raise DTypeError(f"norm: p must be a non-negative number, inf, -inf or 'fro', got {p!r}")
+    p = float(p)
     if p == 2:
-        return sum(x * x, dim, keepdim).sqrt()
+        return _root(sum(x * x, dim, keepdim), 2)
     if p == 1:
         return sum(x.abs(), dim, keepdim)
     if p == float("inf"):
         return amax(x.abs(), dim, keepdim)
-    if not isinstance(p, (int, float)) or p <= 0:
-        raise DTypeError(f"norm: p must be a positive number or inf, got {p!r}")
-    return sum(x.abs() ** p, dim, keepdim) ** (1.0 / p)
+    if p == float("-inf"):
+        return amin(x.abs(), dim, keepdim)
+    if p == 0:
+        return sum((x != 0).to(x.dtype), dim, keepdim)
+    return _root(sum(x.abs() ** p, dim, keepdim), p)
 
 
 def _cumsum_vjp(ctx: Any, g: Tensor) -> tuple:
@@ -272,8 +354,15 @@ CUMSUM = Op("cumsum", infer=lambda x, axis: (x.shape, x.dtype), impl=lambda xp, 
             vjp=_cumsum_vjp, save_inputs=False, linear=True)
 
 
-def cumsum(x: Tensor, dim: int) -> Tensor:
-    """Running sum along ``dim``."""
-    if not x.dtype.is_floating_point and x.dtype is not _dt.int64:
+def cumsum(x: Tensor, dim: int, dtype: Any = None) -> Tensor:
+    """Running sum along ``dim``. Integer and bool inputs accumulate in int64."""
+    _check_tensor("cumsum", x)
+    if dtype is not None:
+        x = x.to(dtype)
+    elif not x.dtype.is_floating_point and x.dtype is not _dt.int64:
         x = x.to(_dt.int64)
-    return apply(CUMSUM, x, axis=normalize_dim("cumsum", dim, x.ndim))
+    axis = _axis("cumsum", dim, x.ndim)
+    if axis is None:  # 0-d: the running sum of one element is that element
+        from .pointwise import clone
+        return clone(x)
+    return apply(CUMSUM, x, axis=axis)
