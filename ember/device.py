@@ -21,8 +21,13 @@ class Device:
         name, _, idx = spec.partition(":")
         if name not in ("cpu", "cuda"):
             raise DeviceError(f"unknown device {spec!r}; expected 'cpu' or 'cuda[:N]'")
+        if idx and not idx.isdigit():
+            raise DeviceError(f"bad device index in {spec!r}; expected e.g. 'cuda:0'")
         self.type = name
         self.index = int(idx) if idx else 0
+
+    def __reduce__(self) -> tuple:
+        return (Device, (str(self),))
 
     def __str__(self) -> str:
         return "cpu" if self.type == "cpu" else f"{self.type}:{self.index}"
@@ -31,8 +36,13 @@ class Device:
         return f"device('{self}')"
 
     def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
         if isinstance(other, str):
-            other = Device(other)
+            try:
+                other = Device(other)
+            except Exception:
+                return False
         return isinstance(other, Device) and self.type == other.type and self.index == other.index
 
     def __hash__(self) -> int:

@@ -121,7 +121,8 @@ class Tensor:
         """The value of a one-element tensor as a Python number."""
         _concrete("Tensor.item()")
         if self.data.size != 1:
-            raise ShapeError(f"item: only one-element tensors can be converted to a Python scalar, got shape {self.shape}")
+            raise ShapeError("item: only one-element tensors can be converted to a Python scalar, "
+                             f"got shape {self.shape}")
         return self.data.reshape(()).item()
 
     def tolist(self) -> Any:
@@ -329,10 +330,9 @@ class Tensor:
         if result.shape != self.shape:
             raise ShapeError(f"in-place operation: result of shape {result.shape} cannot be written into a "
                              f"tensor of shape {self.shape}")
-        if result.dtype is not self.dtype:
-            if result.dtype.category > self.dtype.category:
-                raise DTypeError(f"in-place operation: result type {result.dtype.name} can't be cast to the "
-                                 f"tensor's dtype {self.dtype.name}")
+        if result.dtype is not self.dtype and result.dtype.category > self.dtype.category:
+            raise DTypeError(f"in-place operation: result type {result.dtype.name} can't be cast to the "
+                             f"tensor's dtype {self.dtype.name}")
         if not self.data.flags.writeable:
             raise AutogradError(f"in-place operation on a read-only tensor of shape {self.shape} "
                                 "(an expanded/broadcast view); .clone() it first")

@@ -12,4 +12,3 @@ from . import (  # noqa: F401
     registry,
 )
 from .registry import REGISTRY, Op, apply  # noqa: F401
-from .registry import composite as composite_fn

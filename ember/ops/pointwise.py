@@ -63,14 +63,23 @@ def _same_dtype(name: str, inputs: tuple) -> _dt.DType:
     return d
 
 
-def _infer_map(name: str, out_dtype: _dt.DType | None = None, floating: bool = False):
-    def infer(*inputs: Tensor, **_: Any) -> tuple:
-        d = _same_dtype(name, inputs)
-        if floating and not d.is_floating_point:
+def _infer_map(name: str, arity: int, out_dtype: _dt.DType | None = None, floating: bool = False):
+    """The shape/dtype rule of a pointwise op: inputs share a dtype, shapes broadcast."""
+    def infer_unary(x: Tensor, **_: Any) -> tuple:
+        d = x.dtype
+        if floating and d.category != _dt.FLOATING:
             raise DTypeError(f"{name}: expected a floating tensor, got {d.name}")
-        shape = inputs[0].shape if len(inputs) == 1 else broadcast_shapes(name, *(t.shape for t in inputs))
-        return shape, out_dtype or d
-    return infer
+        return x.data.shape, out_dtype or d
+
+    def infer_binary(a: Tensor, b: Tensor) -> tuple:
+        if a.dtype is not b.dtype:
+            _same_dtype(name, (a, b))
+        sa, sb = a.data.shape, b.data.shape
+        if sa == sb or not sb:
+            return sa, out_dtype or a.dtype
+        return (sb if not sa else broadcast_shapes(name, sa, sb)), out_dtype or a.dtype
+
+    return infer_unary if arity == 1 else infer_binary
 
 
 def _quiet(f):
@@ -85,7 +94,7 @@ def _unary(name: str, kernel: Any, vjp: Any = None, c_expr: str | None = None, f
            save_inputs: bool = True, save_output: bool = False, out_dtype: _dt.DType | None = None,
            quiet: bool = False, linear: bool = False) -> Op:
     impl = (lambda xp, x: getattr(xp, kernel)(x)) if isinstance(kernel, str) else kernel
-    return Op(name, infer=_infer_map(name, out_dtype, floating), impl=_quiet(impl) if quiet else impl, vjp=vjp,
+    return Op(name, infer=_infer_map(name, 1, out_dtype, floating), impl=_quiet(impl) if quiet else impl, vjp=vjp,
               c_expr=c_expr, save_inputs=save_inputs, save_output=save_output, elementwise=vjp is not None,
               linear=linear)
 
@@ -94,7 +103,7 @@ def _binary(name: str, kernel: Any, vjp: Any = None, c_expr: str | None = None, 
             save_inputs: bool = True, save_output: bool = False, quiet: bool = False,
             linear: bool = False) -> Op:
     impl = (lambda xp, a, b: getattr(xp, kernel)(a, b)) if isinstance(kernel, str) else kernel
-    return Op(name, infer=_infer_map(name, out_dtype), impl=_quiet(impl) if quiet else impl, vjp=vjp,
+    return Op(name, infer=_infer_map(name, 2, out_dtype), impl=_quiet(impl) if quiet else impl, vjp=vjp,
               c_expr=c_expr, save_inputs=save_inputs, save_output=save_output,
               elementwise=vjp is not None and not linear, linear=linear)
 
@@ -135,7 +144,7 @@ def _sigmoid_kernel(xp: Any, x: Any) -> Any:
 SIGMOID = _unary("sigmoid", _sigmoid_kernel, lambda ctx, g: (g * ctx.out * (1 - ctx.out),),
                  "(1 / (1 + exp(-{0})))", save_inputs=False, save_output=True)
 RELU = _unary("relu", lambda xp, x: xp.maximum(x, 0),
-              lambda ctx, g: (g * (ctx.out > 0).to(g.dtype),), "({0} > 0 ? {0} : 0)", floating=False,
+              lambda ctx, g: (where(ctx.out > 0, g, 0),), "({0} > 0 ? {0} : 0)", floating=False,
               save_inputs=False, save_output=True)
 
 
@@ -260,11 +269,15 @@ WHERE = Op("where", infer=_where_infer, impl=lambda xp, c, a, b: xp.where(c, a, 
 # ----------------------------------------------------------------------------- public functions
 
 
+# Python scalar types that keep a tensor's dtype unchanged, by the tensor's category (weak scalars).
+_WEAK_OK = {_dt.FLOATING: (float, int), _dt.INTEGER: (int,)}
+
+
 def _u(op: Op, floating: bool = True):
     def f(x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(f"{op.name}: expected a Tensor, got {type(x).__name__}")
-        if floating and not x.dtype.is_floating_point:
+        if floating and x.dtype.category != _dt.FLOATING:
             x = cast(x, _dt.get_default_dtype())
         return apply(op, x)
     f.__name__ = f.__qualname__ = op.name
@@ -274,7 +287,18 @@ def _u(op: Op, floating: bool = True):
 
 def _b(op: Op, floating: bool = False):
     def f(a: Any, b: Any) -> Tensor:
-        a, b = promote(op.name, a, b, floating=floating)
+        if type(a) is Tensor:
+            if type(b) is Tensor:
+                if a.dtype is not b.dtype or (floating and a.dtype.category != _dt.FLOATING):
+                    a, b = promote(op.name, a, b, floating=floating)
+            elif type(b) in _WEAK_OK.get(a.dtype.category, ()) and a.device.type == "cpu":
+                b = _make(np.asarray(b, a.dtype.np), a.dtype, a.device)  # fast path: weak scalar
+            else:
+                a, b = promote(op.name, a, b, floating=floating)
+        elif type(b) is Tensor and type(a) in _WEAK_OK.get(b.dtype.category, ()) and b.device.type == "cpu":
+            a = _make(np.asarray(a, b.dtype.np), b.dtype, b.device)
+        else:
+            a, b = promote(op.name, a, b, floating=floating)
         return apply(op, a, b)
     f.__name__ = f.__qualname__ = op.name
     f.__doc__ = f"Elementwise ``{op.name}`` with broadcasting and dtype promotion."

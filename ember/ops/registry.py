@@ -14,6 +14,7 @@ tape node) and tracing (add a graph node) diverge.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,9 @@ import numpy as np
 
 from ..autograd import STATE, Node
 from ..errors import DeviceError
+from ..tensor import _make
 
+_DEBUG = bool(os.environ.get("EMBER_DEBUG"))
 REGISTRY: dict[str, Op] = {}
 COMPOSITES: dict[str, Callable] = {}
 
@@ -95,24 +98,23 @@ def apply(op: Op, *inputs: Any, **attrs: Any) -> Any:
     state = STATE
     if state.tracer is not None:
         return state.tracer.apply(op, inputs, attrs)
-    from ..tensor import _make
     shape, dtype = op.infer(*inputs, **attrs)
     if inputs:
         device = inputs[0].device
-        for t in inputs[1:]:
-            if t.device != device:
+        for t in inputs:
+            if t.device is not device and t.device != device:
                 raise DeviceError(f"{op.name}: tensors are on different devices: "
                                   f"{', '.join(str(t.device) for t in inputs)}; move them to one device first")
-        arrays = [t.data for t in inputs]
+        data = op.impl(_XP.get(device) or _xp(device), *[t.data for t in inputs], **attrs)
     else:
         device = attrs["device"]
-        arrays = []
-    xp = _xp(device)
-    data = op.impl(xp, *arrays, **attrs)
+        data = op.impl(_XP.get(device) or _xp(device), **attrs)
     if type(data) is not np.ndarray and not hasattr(data, "__array_namespace__"):
-        data = xp.asarray(data)
+        data = np.asarray(data) if device.type == "cpu" else _xp(device).asarray(data)
     if data.dtype != dtype.np:
         data = data.astype(dtype.np)
+    if _DEBUG and data.shape != shape:
+        raise AssertionError(f"{op.name}: kernel produced shape {data.shape}, infer said {shape}")
     out = _make(data, dtype, device)
     if op.view and inputs:
         out._version = inputs[0]._version

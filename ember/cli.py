@@ -1,0 +1,292 @@
+"""The ``ember`` command: ``ember info`` (versions, BLAS, compiler, devices) and ``ember demo``.
+
+``main(argv)`` returns the exit status; the console script ``ember = "ember.cli:main"`` calls it.
+Later subcommands (``ember train`` ...) plug in through ``_build_parser``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import glob
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# ---------------------------------------------------------------------------------------------- BLAS
+
+# Symbols an OpenBLAS build may export, with the suffixes of the 64-bit-integer builds NumPy wheels ship.
+_OPENBLAS_PREFIXES = ("openblas_", "scipy_openblas_")
+_OPENBLAS_SUFFIXES = ("", "64_")
+_BLAS_LIB_HINTS = ("openblas", "mkl_rt", "libmkl", "blis", "accelerate", "libblas", "libcblas", "flexiblas")
+
+
+def _openblas_symbol(lib: Any, name: str) -> Any:
+    for prefix in _OPENBLAS_PREFIXES:
+        for suffix in _OPENBLAS_SUFFIXES:
+            fn = getattr(lib, f"{prefix}{name}{suffix}", None)
+            if fn is not None:
+                return fn
+    return None
+
+
+def _loaded_blas_libraries() -> list[str]:
+    """Paths of shared libraries that look like BLAS and are mapped into this process (NumPy imported)."""
+    import numpy  # make sure NumPy's BLAS is loaded
+
+    found: list[str] = []
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        with contextlib.suppress(OSError):
+            for line in maps.read_text().splitlines():
+                path = line.split()[-1] if len(line.split()) >= 6 else ""
+                name = os.path.basename(path).lower()
+                if path.startswith("/") and path not in found and any(h in name for h in _BLAS_LIB_HINTS):
+                    found.append(path)
+    if not found:  # macOS/Windows or no /proc: look where NumPy wheels vendor their BLAS
+        root = Path(numpy.__file__).parent
+        for pattern in ("../numpy.libs/*", ".dylibs/*", "../numpy.libs/*.dll"):
+            for path in sorted(glob.glob(str(root / pattern))):
+                if any(h in os.path.basename(path).lower() for h in _BLAS_LIB_HINTS):
+                    found.append(os.path.normpath(path))
+    return found
+
+
+def _openblas_handle() -> Any:
+    for path in _loaded_blas_libraries():
+        if "openblas" not in os.path.basename(path).lower():
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        if _openblas_symbol(lib, "get_num_threads") is not None:
+            return lib
+    return None
+
+
+def blas_threads() -> int | None:
+    """Threads NumPy's BLAS will use for a GEMM: asked from OpenBLAS itself when it can be, else the
+    usual environment variables; None when unknown."""
+    lib = _openblas_handle()
+    if lib is not None:
+        fn = _openblas_symbol(lib, "get_num_threads")
+        fn.restype = ctypes.c_int
+        with contextlib.suppress(Exception):
+            return int(fn())
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").split(",")[0].strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set NumPy's BLAS thread count (OpenBLAS only); returns whether it could."""
+    lib = _openblas_handle()
+    fn = _openblas_symbol(lib, "set_num_threads") if lib is not None else None
+    if fn is None:
+        return False
+    fn.argtypes = [ctypes.c_int]
+    fn(int(n))
+    return True
+
+
+def blas_info() -> dict[str, Any]:
+    """``{"name", "version", "threads", "core", "library"}`` for the BLAS NumPy uses (None where unknown)."""
+    import numpy as np
+
+    info: dict[str, Any] = {"name": None, "version": None, "threads": None, "core": None, "library": None}
+    config: dict = {}
+    # NumPy >= 1.25 can hand the build configuration over as a dict instead of printing it.
+    with contextlib.suppress(Exception), contextlib.redirect_stdout(None):
+        config = np.show_config(mode="dicts") or {}
+    blas = (config.get("Build Dependencies") or {}).get("blas") or {}
+    info["name"] = blas.get("name")
+    info["version"] = blas.get("version")
+    libs = _loaded_blas_libraries()
+    info["library"] = libs[0] if libs else None
+    lib = _openblas_handle()
+    if lib is not None:
+        corename = _openblas_symbol(lib, "get_corename")
+        if corename is not None:
+            corename.restype = ctypes.c_char_p
+            with contextlib.suppress(Exception):
+                info["core"] = corename().decode()
+    info["threads"] = blas_threads()
+    return info
+
+
+# ---------------------------------------------------------------------------------------------- compiler
+
+def c_compiler() -> dict[str, Any] | None:
+    """The first C compiler on PATH (``$CC``, then cc, gcc, clang): ``{"name", "path", "version"}``."""
+    candidates = [os.environ["CC"].split()[0]] if os.environ.get("CC") else []
+    candidates += ["cc", "gcc", "clang"]
+    for name in candidates:
+        path = shutil.which(name)
+        if path is None:
+            continue
+        version = ""
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+            lines = (out.stdout or out.stderr).strip().splitlines()
+            version = lines[0].strip() if lines else ""
+        return {"name": name, "path": path, "version": version}
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- info
+
+def _torch_version() -> str | None:
+    """torch's version if it is importable (imports it, so only call this when asked)."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    try:
+        import torch
+    except Exception as e:  # a broken install: say so rather than crash `ember info`
+        return f"present but fails to import ({type(e).__name__}: {e})"
+    return str(torch.__version__)
+
+
+def collect_info() -> dict[str, Any]:
+    """Everything ``ember info`` prints, as a dict."""
+    import numpy as np
+
+    import ember
+    from ember.backend import available_backends
+
+    return {
+        "ember": ember.__version__,
+        "python": f"{platform.python_version()} ({platform.python_implementation()}, {sys.executable})",
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "numpy": np.__version__,
+        "blas": blas_info(),
+        "compiler": c_compiler(),
+        "devices": available_backends(),
+        "torch": _torch_version(),
+    }
+
+
+def format_info(info: dict[str, Any]) -> str:
+    blas = info["blas"]
+    if blas["name"] or blas["library"]:
+        parts = [blas["name"] or os.path.basename(blas["library"])]
+        if blas["version"]:
+            parts.append(blas["version"])
+        extra = []
+        if blas["core"]:
+            extra.append(f"core {blas['core']}")
+        extra.append(f"threads {blas['threads'] if blas['threads'] is not None else 'unknown'}")
+        blas_line = " ".join(parts) + " (" + ", ".join(extra) + ")"
+    else:
+        blas_line = "unknown (numpy.show_config reports none)"
+    cc = info["compiler"]
+    cc_line = f"{cc['path']}: {cc['version'] or 'version unknown'}" if cc else "not found (cc, gcc, clang not on PATH)"
+    rows = [
+        ("Ember", info["ember"]),
+        ("Python", info["python"]),
+        ("Platform", f"{info['platform']}, {info['cpus']} CPUs"),
+        ("NumPy", info["numpy"]),
+        ("BLAS", blas_line),
+        ("C compiler", cc_line),
+        ("Devices", ", ".join(info["devices"])),
+        ("PyTorch", info["torch"] or "not installed"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in rows)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    info = collect_info()
+    if args.json:
+        import json
+        print(json.dumps(info, indent=2))
+    else:
+        print(format_info(info))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- demo
+
+def _load_demo() -> Any:
+    """``examples/demo_mlp.py`` as a module (it lives beside the package in a source checkout)."""
+    path = Path(__file__).resolve().parent.parent / "examples" / "demo_mlp.py"
+    if not path.exists():
+        raise FileNotFoundError(f"the demo script was not found at {path}; "
+                                "`ember demo` needs a source checkout of Ember")
+    spec = importlib.util.spec_from_file_location("ember_demo_mlp", path)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        demo = _load_demo()
+    except FileNotFoundError as e:
+        print(f"ember demo: {e}", file=sys.stderr)
+        return 1
+    demo.main(steps=args.steps, seed=args.seed)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    import ember
+
+    parser = argparse.ArgumentParser(prog="ember", description="Ember: a deep-learning framework.")
+    parser.add_argument("--version", action="version", version=f"ember {ember.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("info", help="versions, BLAS, C compiler, devices, PyTorch",
+                       description="Print the versions and the machine facts that matter to Ember.")
+    p.add_argument("--json", action="store_true", help="print the facts as JSON")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("demo", help="train a tiny MLP on two spirals (examples/demo_mlp.py)",
+                       description="Train a tiny two-layer MLP on a synthetic 2-D problem with the core API.")
+    p.add_argument("--steps", type=_positive_int, default=600, help="SGD steps (default 600)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``ember`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits on --help/--version (0) and on bad usage (2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("ember: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `ember info | head`
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
