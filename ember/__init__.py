@@ -28,9 +28,12 @@ from .ops.pointwise import (abs, add, cast, ceil, clamp, clip, cos, div, divide,
                             rsqrt, sigmoid, sign, sin, sqrt, square, sub, subtract, tanh, true_divide, where)
 from .ops.reduce import (all, amax, amin, any, argmax, argmin, cumsum, logsumexp, max, mean, min, norm, prod,
                          std, sum, var)
-from .ops.movement import (broadcast_to, expand, flatten, gather, movedim, permute, reshape, scatter_add,
-                           squeeze, swapaxes, take_along_dim, transpose, unsqueeze, view)
-from .ops.linalg import bmm, matmul, mm
+from .ops.pointwise import bitwise_and, bitwise_not, bitwise_or, bitwise_xor
+from .ops.movement import (broadcast_to, cat, chunk, concat, concatenate, expand, flatten, flip, gather, index_add,
+                           index_copy, index_select, movedim, narrow, one_hot, pad, permute, repeat, reshape,
+                           scatter_add, split, squeeze, stack, swapaxes, take, take_along_dim, transpose, unbind,
+                           unsqueeze, view)
+from .ops.linalg import avg_pool2d, bmm, conv2d, matmul, max_pool2d, mm
 from .ops.composite import log_softmax, softmax
 
 bool = bool_

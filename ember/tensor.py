@@ -115,6 +115,8 @@ class Tensor:
         return (self[i] for i in range(self.shape[0]))
 
     __hash__ = object.__hash__
+    # NumPy operands on the left (np.float64(2) * t) defer to Tensor's reflected operators.
+    __array_ufunc__ = None
 
     # ------------------------------------------------------------------ values out
     def item(self) -> Any:
@@ -172,6 +174,8 @@ class Tensor:
             return f"tensor(<traced>, shape={self.shape}, dtype={self.dtype.name})"
         body = np.array2string(self.data, separator=", ", prefix="tensor(", threshold=1000)
         extra = []
+        if self.data.size == 0 and self.ndim != 1:
+            extra.append(f"size={self.shape}")
         if self.dtype not in (_dt.float32, _dt.int64, _dt.bool_):
             extra.append(f"dtype={self.dtype!r}")
         if self.device.type != "cpu":
@@ -467,20 +471,20 @@ class Tensor:
         return _ops.pointwise.abs(self)
 
     def __invert__(self) -> Tensor:
-        return _ops.pointwise.logical_not(self)
+        return _ops.pointwise.bitwise_not(self)
 
     def __and__(self, o: Any) -> Tensor:
-        return _ops.pointwise.logical_and(self, o)
+        return _ops.pointwise.bitwise_and(self, o)
 
     __rand__ = __and__
 
     def __or__(self, o: Any) -> Tensor:
-        return _ops.pointwise.logical_or(self, o)
+        return _ops.pointwise.bitwise_or(self, o)
 
     __ror__ = __or__
 
     def __xor__(self, o: Any) -> Tensor:
-        return _ops.pointwise.logical_xor(self, o)
+        return _ops.pointwise.bitwise_xor(self, o)
 
     __rxor__ = __xor__
 
@@ -540,7 +544,7 @@ def _install_methods() -> None:
     for module_name, names in _METHODS.items():
         module = getattr(ops, module_name)
         for name in names:
-            if name not in Tensor.__dict__ and hasattr(module, name):  # TEMP-TOLERANT
+            if name not in Tensor.__dict__:
                 setattr(Tensor, name, getattr(module, name))
 
 

@@ -689,9 +689,6 @@ def test_jvp_errors():
         ember.jvp(lambda v: ember.jvp(lambda u: u, [v], [v])[1], [x], [x])
 
 
-@pytest.mark.xfail(strict=True, reason="ember/ops/pointwise.py _pow_vjp returns None for the exponent when "
-                   "b.requires_grad is False (always so in jvp), and the elementwise jvp in registry.Op.jvp then "
-                   "adds None -> TypeError")
 def test_jvp_pow_exponent_tangent():
     x = ember.tensor([1.5, 2.0], dtype="float64")
     y = ember.tensor([2.0, 0.5], dtype="float64")
@@ -699,9 +696,6 @@ def test_jvp_pow_exponent_tangent():
     np.testing.assert_allclose(tan.data, x.data ** y.data * np.log(x.data))
 
 
-@pytest.mark.xfail(strict=True, reason="ember/ops/registry.py _forward calls Op.jvp for non-differentiable ops "
-                   "(gt, argmax, ...) whose outputs are bool/int; Op.jvp raises NotImplementedError instead of "
-                   "giving them no tangent")
 def test_jvp_through_non_differentiable_ops():
     x = ember.tensor([[1.0, -2.0], [3.0, 0.5]], dtype="float64")
     t = ember.ones_like(x)
@@ -711,9 +705,6 @@ def test_jvp_through_non_differentiable_ops():
     np.testing.assert_allclose(tan.data, [1, 1])
 
 
-@pytest.mark.xfail(strict=True, reason="ember/ops/registry.py apply sets requires_grad/grad_fn on every output of "
-                   "a differentiable op, also integer/bool outputs (x.long()); it should record only when the "
-                   "output dtype is floating")
 def test_integer_outputs_do_not_require_grad():
     x = ember.tensor([1.5, 2.5], requires_grad=True)
     assert not x.long().requires_grad

@@ -298,3 +298,8 @@ def test_from_dlpack_numpy_and_errors():
     if torch is not None:
         with pytest.raises(ember.DTypeError, match="from_dlpack: cannot import"):
             ember.from_dlpack(torch.ones(2, dtype=torch.bfloat16))
+
+
+def test_randint_torch_style_high_size():
+    r = ember.randint(3, (50,))
+    assert r.shape == (50,) and r.dtype is ember.int64 and 0 <= int(r.min()) and int(r.max()) < 3

@@ -76,9 +76,6 @@ def test_weak_python_scalars():
     assert ember.where(ember.tensor([True, False]), 1, 2.5).dtype is ember.float32
 
 
-@pytest.mark.xfail(strict=True, reason="ember/ops/pointwise.py _b()/_scalar_tensor call np.asarray(value, dtype) on "
-                   "an out-of-range Python int, which raises NumPy's raw OverflowError ('Python integer 1000 out of "
-                   "bounds for int8'); wrap like PyTorch or raise a DTypeError naming the op")
 def test_out_of_range_weak_int_scalar():
     try:
         out = ember.tensor([1], dtype="int8") + 1000

@@ -21,8 +21,18 @@ from .registry import Op, apply, composite
 # ----------------------------------------------------------------------------- operand preparation
 
 
+def _weak_array(x: Any, np_dtype: np.dtype) -> np.ndarray:
+    """A Python number as a 0-d array of ``np_dtype``; out-of-range integers wrap, as in PyTorch."""
+    try:
+        return np.asarray(x, dtype=np_dtype)
+    except OverflowError:
+        return np.asarray(x).astype(np_dtype)
+
+
 def _scalar_tensor(x: Any, dtype: _dt.DType, device: Any) -> Tensor:
-    return _make(np.asarray(x, dtype=dtype.np), dtype, device)
+    from ..device import get_backend
+    arr = _weak_array(x, dtype.np)
+    return _make(arr if device.type == "cpu" else get_backend(device).asarray(arr), dtype, device)
 
 
 def promote(name: str, *args: Any, floating: bool = False) -> list[Tensor]:
@@ -144,7 +154,7 @@ def _sigmoid_kernel(xp: Any, x: Any) -> Any:
 SIGMOID = _unary("sigmoid", _sigmoid_kernel, lambda ctx, g: (g * ctx.out * (1 - ctx.out),),
                  "(1 / (1 + exp(-{0})))", save_inputs=False, save_output=True)
 RELU = _unary("relu", lambda xp, x: xp.maximum(x, 0),
-              lambda ctx, g: (where(ctx.out > 0, g, 0),), "({0} > 0 ? {0} : 0)", floating=False,
+              lambda ctx, g: (g * cast(ctx.out > 0, g.dtype),), "({0} > 0 ? {0} : 0)", floating=False,
               save_inputs=False, save_output=True)
 
 
@@ -231,12 +241,24 @@ def _pow_vjp(ctx: Any, g: Tensor) -> tuple:
     return ga, gb
 
 
+def _pow_jvp(ctx: Any, ta: Tensor | None, tb: Tensor | None) -> Tensor:
+    a, b = ctx.inputs
+    out = None
+    if ta is not None:
+        out = ta * b * pow(a, b - 1)
+    if tb is not None:
+        t = where(a > 0, tb * ctx.out * log(where(a > 0, a, 1)), 0)
+        out = t if out is None else out + t
+    return out
+
+
 ADD = _binary("add", "add", lambda ctx, g: (g, g), "({0} + {1})", save_inputs=False, linear=True)
 SUB = _binary("sub", "subtract", lambda ctx, g: (g, -g), "({0} - {1})", save_inputs=False, linear=True)
 MUL = _binary("mul", "multiply", lambda ctx, g: (g * ctx.inputs[1], g * ctx.inputs[0]), "({0} * {1})")
 DIV = _binary("div", "divide", lambda ctx, g: (g / ctx.inputs[1], -g * ctx.out / ctx.inputs[1]), "({0} / {1})",
               save_output=True, quiet=True)
 POW = _binary("pow", "power", _pow_vjp, "pow({0}, {1})", save_output=True, quiet=True)
+POW._jvp = _pow_jvp
 MAXIMUM = _binary("maximum", "maximum", lambda ctx, g: _max_vjp(ctx, g, gt), "({0} > {1} ? {0} : {1})")
 MINIMUM = _binary("minimum", "minimum", lambda ctx, g: _max_vjp(ctx, g, lt), "({0} < {1} ? {0} : {1})")
 FLOOR_DIVIDE = _binary("floor_divide", "floor_divide", lambda ctx, g: (_zeros(g)[0], _zeros(g)[0]),
@@ -250,6 +272,12 @@ for _name, _kernel, _sym in (("eq", "equal", "=="), ("ne", "not_equal", "!="), (
     _CMP[_name] = _binary(_name, _kernel, None, f"({{0}} {_sym} {{1}})", out_dtype=_dt.bool_)
 for _name, _sym in (("logical_and", "&&"), ("logical_or", "||"), ("logical_xor", "!=")):
     _CMP[_name] = _binary(_name, _name, None, f"(!!{{0}} {_sym} !!{{1}})", out_dtype=_dt.bool_)
+
+
+for _name, _kernel, _sym in (("bitwise_and", "bitwise_and", "&"), ("bitwise_or", "bitwise_or", "|"),
+                             ("bitwise_xor", "bitwise_xor", "^")):
+    _CMP[_name] = _binary(_name, _kernel, None, f"({{0}} {_sym} {{1}})")
+BITWISE_NOT = _unary("bitwise_not", "invert", None, "(~{0})", floating=False)
 
 
 def _where_infer(c: Tensor, a: Tensor, b: Tensor) -> tuple:
@@ -291,12 +319,14 @@ def _b(op: Op, floating: bool = False):
             if type(b) is Tensor:
                 if a.dtype is not b.dtype or (floating and a.dtype.category != _dt.FLOATING):
                     a, b = promote(op.name, a, b, floating=floating)
-            elif type(b) in _WEAK_OK.get(a.dtype.category, ()) and a.device.type == "cpu":
-                b = _make(np.asarray(b, a.dtype.np), a.dtype, a.device)  # fast path: weak scalar
+            elif type(b) in _WEAK_OK.get(a.dtype.category, ()) and a.device.type == "cpu" and (
+                    not floating or a.dtype.category == _dt.FLOATING):
+                b = _make(_weak_array(b, a.dtype.np), a.dtype, a.device)  # fast path: weak scalar
             else:
                 a, b = promote(op.name, a, b, floating=floating)
-        elif type(b) is Tensor and type(a) in _WEAK_OK.get(b.dtype.category, ()) and b.device.type == "cpu":
-            a = _make(np.asarray(a, b.dtype.np), b.dtype, b.device)
+        elif type(b) is Tensor and type(a) in _WEAK_OK.get(b.dtype.category, ()) and b.device.type == "cpu" and (
+                not floating or b.dtype.category == _dt.FLOATING):
+            a = _make(_weak_array(a, b.dtype.np), b.dtype, b.device)
         else:
             a, b = promote(op.name, a, b, floating=floating)
         return apply(op, a, b)
@@ -305,7 +335,28 @@ def _b(op: Op, floating: bool = False):
     return f
 
 
-neg = _u(NEG, floating=False)
+def _integral(op: Op):
+    """Bitwise ops: integer and bool tensors only (on bool they are the logical ops)."""
+    inner = _u(op, floating=False) if op is BITWISE_NOT else _b(op)
+
+    def f(*args: Any) -> Tensor:
+        for a in args:
+            if isinstance(a, Tensor) and a.dtype.is_floating_point:
+                raise DTypeError(f"{op.name}: expected integer or bool tensors, got {a.dtype.name}")
+        return inner(*args)
+    f.__name__ = f.__qualname__ = op.name
+    f.__doc__ = f"Elementwise ``{op.name}`` of integer or bool tensors."
+    return f
+
+
+def _neg(x: Tensor) -> Tensor:
+    if isinstance(x, Tensor) and x.dtype.is_bool:
+        raise DTypeError("neg: negation of a bool tensor is not supported; use ~x or logical_not(x)")
+    return _u(NEG, floating=False)(x)
+
+
+neg = _neg
+neg.__doc__ = "Elementwise negation."
 abs = _u(ABS, floating=False)
 sign = _u(SIGN, floating=False)
 exp = _u(EXP)
@@ -339,6 +390,8 @@ floor_divide = _b(FLOOR_DIVIDE)
 remainder = _b(REMAINDER)
 eq, ne, lt, le, gt, ge = (_b(_CMP[n]) for n in ("eq", "ne", "lt", "le", "gt", "ge"))
 logical_and, logical_or, logical_xor = (_b(_CMP[n]) for n in ("logical_and", "logical_or", "logical_xor"))
+bitwise_and, bitwise_or, bitwise_xor = (_integral(_CMP[n]) for n in ("bitwise_and", "bitwise_or", "bitwise_xor"))
+bitwise_not = _integral(BITWISE_NOT)
 true_divide = divide = div
 multiply = mul
 subtract = sub

@@ -153,7 +153,9 @@ def normal(mean: float = 0.0, std: float = 1.0, size: Any = (), dtype: Any = Non
 
 def randint(low: int, high: int | None = None, size: Any = (), dtype: Any = None, device: Any = None,
             generator: Generator | None = None) -> Tensor:
-    """Integers uniform in [low, high) (``randint(high, size=...)`` starts at 0), int64 by default."""
+    """Integers uniform in [low, high), int64 by default; ``randint(high, size)`` starts at 0, as in PyTorch."""
+    if isinstance(high, (tuple, list)):
+        low, high, size = 0, low, high
     if high is None:
         low, high = 0, low
     if high <= low:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..autograd import STATE, Node
+from ..dtypes import FLOATING
 from ..errors import DeviceError
 from ..tensor import _make
 
@@ -116,18 +117,23 @@ def apply(op: Op, *inputs: Any, **attrs: Any) -> Any:
     if _DEBUG and data.shape != shape:
         raise AssertionError(f"{op.name}: kernel produced shape {data.shape}, infer said {shape}")
     out = _make(data, dtype, device)
-    if op.view and inputs:
+    if op.view and inputs and _may_alias(data, inputs[0].data):
         out._version = inputs[0]._version
         out._base = inputs[0]._base if inputs[0]._base is not None else inputs[0]
-    if state.grad_enabled and op.vjp is not None:
+    if state.grad_enabled and op.vjp is not None and dtype.category == FLOATING:
         for t in inputs:
             if t.requires_grad:
                 out.requires_grad = True
                 out.grad_fn = Node(op, inputs, attrs, out)
                 break
-    if state.forward_ad:
+    if state.forward_ad and op.vjp is not None and dtype.category == FLOATING:
         _forward(op, inputs, attrs, out)
     return out
+
+
+def _may_alias(a: Any, b: Any) -> bool:
+    """Whether a view op's result really shares memory (reshape of a non-contiguous array copies)."""
+    return a.base is not None and np.may_share_memory(a, b) if type(a) is np.ndarray else True
 
 
 def _forward(op: Op, inputs: tuple, attrs: dict, out: Any) -> None:
