@@ -269,12 +269,11 @@ def sum_to_shape(g: Tensor, shape: tuple[int, ...]) -> Tensor:
     lead = g.ndim - len(shape)
     if lead < 0:
         raise ShapeError(f"autograd: gradient of shape {g.shape} cannot be reduced to shape {shape}")
-    axes = list(range(lead))
-    for i, n in enumerate(shape):
-        if n == 1 and g.shape[lead + i] != 1:
-            axes.append(lead + i)
-    if axes:
-        g = _red.sum(g, dim=tuple(axes), keepdim=True)
+    inner = [lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1]
+    if lead:
+        g = _red.sum(g, dim=tuple(range(lead)))  # the common bias case: one sum, no reshape
+    if inner:
+        g = _red.sum(g, dim=tuple(a - lead for a in inner), keepdim=True)
     return _mov.reshape(g, shape) if g.shape != shape else g
 
 

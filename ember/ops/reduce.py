@@ -132,9 +132,16 @@ def _check_tensor(name: str, x: Any) -> None:
         raise TypeError(f"{name}: expected a Tensor, got {type(x).__name__}")
 
 
+_ALL_AXES = tuple(tuple(range(n)) for n in range(8))
+
+
 def _axes(name: str, dim: Any, ndim: int) -> tuple[int, ...]:
     """``dim`` (None, an int or a sequence of ints) as normalized axes. A 0-d tensor accepts
     dim 0 or -1 (as in PyTorch) and reduces over nothing."""
+    if dim is None:
+        return _ALL_AXES[ndim] if ndim < len(_ALL_AXES) else tuple(range(ndim))
+    if type(dim) is int and -ndim <= dim < ndim:
+        return (dim % ndim,)
     if dim is not None and not isinstance(dim, int):
         if isinstance(dim, np.integer):
             dim = int(dim)
@@ -166,9 +173,9 @@ def sum(x: Tensor, dim: Any = None, keepdim: bool = False, dtype: Any = None) ->
     _check_tensor("sum", x)
     if dtype is not None:
         x = x.to(dtype)
-    elif not x.dtype.is_floating_point and x.dtype is not _dt.int64:
+    elif x.dtype.category != _dt.FLOATING and x.dtype is not _dt.int64:
         x = x.to(_dt.int64)
-    return _reduce(SUM, x, dim, keepdim)
+    return apply(SUM, x, axes=_axes("sum", dim, x.ndim), keepdim=bool(keepdim))
 
 
 def prod(x: Tensor, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
