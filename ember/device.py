@@ -52,10 +52,15 @@ class Device:
 CPU = Device("cpu")
 
 
+_INTERNED: dict[Device, Device] = {CPU: CPU}
+
+
 def to_device(spec: Any) -> Device:
-    if spec is None:
+    """The interned ``Device`` for ``spec`` (so hot paths can compare devices with ``is``)."""
+    if spec is None or spec is CPU:
         return CPU
-    return spec if isinstance(spec, Device) else Device(spec)
+    d = spec if isinstance(spec, Device) else Device(spec)
+    return _INTERNED.setdefault(d, d)
 
 
 def get_backend(device: Device):

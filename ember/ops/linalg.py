@@ -16,19 +16,22 @@ from ..errors import DTypeError, ShapeError
 from ..tensor import Tensor
 from ._shape import broadcast_shapes
 from .movement import gather, permute, reshape, squeeze, unsqueeze
+from .pointwise import promote
 from .registry import Op, apply, composite
 
 
 def _matmul_infer(a: Tensor, b: Tensor) -> tuple:
-    if a.dtype is not b.dtype:
-        raise DTypeError(f"matmul: dtypes differ: {a.dtype.name} @ {b.dtype.name}")
-    if a.dtype.is_bool:
+    dtype = a.dtype
+    if dtype is not b.dtype:
+        raise DTypeError(f"matmul: dtypes differ: {dtype.name} @ {b.dtype.name}")
+    if dtype.is_bool:
         raise DTypeError("matmul: bool tensors are not supported")
-    if a.shape[-1] != b.shape[-2]:
-        raise ShapeError(f"matmul: inner dimensions differ: {a.shape} @ {b.shape} "
-                         f"({a.shape[-1]} vs {b.shape[-2]})")
-    batch = broadcast_shapes("matmul", a.shape[:-2], b.shape[:-2])
-    return batch + (a.shape[-2], b.shape[-1]), a.dtype
+    sa, sb = a.data.shape, b.data.shape
+    if sa[-1] != sb[-2]:
+        raise ShapeError(f"matmul: inner dimensions differ: {sa} @ {sb} ({sa[-1]} vs {sb[-2]})")
+    if len(sa) == 2 and len(sb) == 2:
+        return (sa[0], sb[1]), dtype
+    return broadcast_shapes("matmul", sa[:-2], sb[:-2]) + (sa[-2], sb[-1]), dtype
 
 
 def _matmul_vjp(ctx: Any, g: Tensor) -> tuple:
@@ -56,7 +59,7 @@ def _blas_ready(a: Any) -> Any:
     NumPy's matmul falls back to a naive loop, orders of magnitude slower, for other strides, e.g.
     the zero strides of an expanded gradient (``y.sum().backward()``).
     """
-    if a.ndim < 2:
+    if a.ndim < 2 or a.flags.c_contiguous:
         return a
     it = a.itemsize
     (m, n), (s0, s1) = a.shape[-2:], a.strides[-2:]
@@ -71,15 +74,15 @@ MATMUL = Op("matmul", infer=_matmul_infer, impl=lambda xp, a, b: xp.matmul(_blas
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:
     """Matrix product with NumPy/PyTorch semantics: 1-D operands, batching and broadcasting."""
-    from .pointwise import promote
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):
         raise TypeError(f"matmul: expected Tensors, got {type(a).__name__} and {type(b).__name__}")
-    if a.ndim == 0 or b.ndim == 0:
-        raise ShapeError(f"matmul: both operands need at least 1 dimension, got {a.shape} @ {b.shape}")
     if a.dtype is not b.dtype:
         a, b = promote("matmul", a, b)
-    if a.ndim >= 2 and b.ndim >= 2:
+    na, nb = a.data.ndim, b.data.ndim
+    if na >= 2 and nb >= 2:
         return apply(MATMUL, a, b)
+    if na == 0 or nb == 0:
+        raise ShapeError(f"matmul: both operands need at least 1 dimension, got {a.shape} @ {b.shape}")
     a2 = reshape(a, (1, a.shape[0])) if a.ndim == 1 else a
     b2 = reshape(b, (b.shape[0], 1)) if b.ndim == 1 else b
     if a2.shape[-1] != b2.shape[-2]:

@@ -153,9 +153,9 @@ def _sigmoid_kernel(xp: Any, x: Any) -> Any:
 
 SIGMOID = _unary("sigmoid", _sigmoid_kernel, lambda ctx, g: (g * ctx.out * (1 - ctx.out),),
                  "(1 / (1 + exp(-{0})))", save_inputs=False, save_output=True)
-# relu's output is >= 0, so sign(out) is exactly the 0/1 mask of its derivative: one pass, already in g's dtype.
+# The mask as compare + cast: measured faster than sign(out) (NumPy's float sign is a slow loop).
 RELU = _unary("relu", lambda xp, x: xp.maximum(x, 0),
-              lambda ctx, g: (g * sign(ctx.out),), "({0} > 0 ? {0} : 0)", floating=False,
+              lambda ctx, g: (g * cast(ctx.out > 0, g.dtype),), "({0} > 0 ? {0} : 0)", floating=False,
               save_inputs=False, save_output=True)
 
 

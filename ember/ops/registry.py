@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..autograd import STATE, Node
+from ..device import CPU
 from ..dtypes import FLOATING
 from ..errors import DeviceError
 from ..tensor import _make
@@ -100,19 +101,23 @@ def apply(op: Op, *inputs: Any, **attrs: Any) -> Any:
     if state.tracer is not None:
         return state.tracer.apply(op, inputs, attrs)
     shape, dtype = op.infer(*inputs, **attrs)
-    if inputs:
+    if len(inputs) == 1:
+        x0 = inputs[0]
+        device = x0.device
+        data = op.impl(np if device is CPU else _xp(device), x0.data, **attrs)
+    elif inputs:
         device = inputs[0].device
         for t in inputs:
             if t.device is not device and t.device != device:
                 raise DeviceError(f"{op.name}: tensors are on different devices: "
                                   f"{', '.join(str(t.device) for t in inputs)}; move them to one device first")
-        data = op.impl(_XP.get(device) or _xp(device), *[t.data for t in inputs], **attrs)
+        data = op.impl(np if device is CPU else _xp(device), *[t.data for t in inputs], **attrs)
     else:
         device = attrs["device"]
-        data = op.impl(_XP.get(device) or _xp(device), **attrs)
+        data = op.impl(np if device is CPU else _xp(device), **attrs)
     if type(data) is not np.ndarray and not hasattr(data, "__array_namespace__"):
         data = np.asarray(data) if device.type == "cpu" else _xp(device).asarray(data)
-    if data.dtype != dtype.np:
+    if data.dtype is not dtype.np and data.dtype != dtype.np:
         data = data.astype(dtype.np)
     if _DEBUG and data.shape != shape:
         raise AssertionError(f"{op.name}: kernel produced shape {data.shape}, infer said {shape}")
@@ -120,14 +125,15 @@ def apply(op: Op, *inputs: Any, **attrs: Any) -> Any:
     if op.view and inputs and _may_alias(data, inputs[0].data):
         out._version = inputs[0]._version
         out._base = inputs[0]._base if inputs[0]._base is not None else inputs[0]
-    if state.grad_enabled and op.vjp is not None and dtype.category == FLOATING:
-        for t in inputs:
-            if t.requires_grad:
-                out.requires_grad = True
-                out.grad_fn = Node(op, inputs, attrs, out)
-                break
-    if state.forward_ad and op.vjp is not None and dtype.category == FLOATING:
-        _forward(op, inputs, attrs, out)
+    if dtype.category == FLOATING and op.vjp is not None:
+        if state.grad_enabled:
+            for t in inputs:
+                if t.requires_grad:
+                    out.requires_grad = True
+                    out.grad_fn = Node(op, inputs, attrs, out)
+                    break
+        if state.forward_ad:
+            _forward(op, inputs, attrs, out)
     return out
 
 
