@@ -71,3 +71,26 @@ def test_eager_overhead_without_torch_says_na():
     proc = _bench("--no-torch")
     assert proc.returncode == 0, proc.stderr
     assert "n/a" in proc.stdout and "MLP 784-1024-1024-10" in proc.stdout
+
+
+def _readme_python_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+
+
+def test_readme_code_runs():
+    """Every Python block of the README runs, in order, in one namespace (the tour's names carry over)."""
+    blocks = _readme_python_blocks()
+    assert len(blocks) >= 2
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["w"].grad is not None and namespace["h"].shape == (5,)
+
+
+def test_readme_test_command_matches_ci():
+    """The README's test command is the one .ci/run runs."""
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = "pip install -e '.[test]' && python -m pytest"
+    assert command in readme and command in ci
