@@ -33,6 +33,15 @@ def _make(data: Any, dtype: _dt.DType, device: Device, requires_grad: bool = Fal
     return t
 
 
+def _float_mode(a: np.ndarray) -> str:
+    """Print floats as PyTorch does: four fixed decimals, or ``1.`` style when every value is whole
+    (NumPy switches to scientific notation for wide magnitude ranges by itself)."""
+    if a.dtype.kind != "f" or a.size == 0:
+        return "maxprec"
+    finite = a[np.isfinite(a)] if a.size <= 1000 else a.ravel()[:1000]
+    return "maxprec" if finite.size and np.all(finite == np.round(finite)) else "fixed"
+
+
 def _concrete(what: str) -> None:
     if STATE.tracer is not None:
         STATE.tracer.value_read(what)
@@ -172,7 +181,8 @@ class Tensor:
     def __repr__(self) -> str:
         if STATE.tracer is not None and self.data is None:
             return f"tensor(<traced>, shape={self.shape}, dtype={self.dtype.name})"
-        body = np.array2string(self.data, separator=", ", prefix="tensor(", threshold=1000)
+        body = np.array2string(self.data, separator=", ", prefix="tensor(", threshold=1000, edgeitems=3,
+                               precision=4, floatmode=_float_mode(self.data))
         extra = []
         if self.data.size == 0 and self.ndim != 1:
             extra.append(f"size={self.shape}")

@@ -20,9 +20,10 @@ def test_metadata():
 
 
 def test_repr():
-    assert repr(ember.tensor([1.0, 2.5])) == "tensor([1. , 2.5])"
+    assert repr(ember.tensor([1.0, 2.5])) == "tensor([1.0000, 2.5000])"
+    assert repr(ember.tensor([0.5, 1e-8])) == "tensor([5.0000e-01, 1.0000e-08])"
     assert repr(ember.tensor([1, 2])) == "tensor([1, 2])"
-    assert repr(ember.tensor(3.5)) == "tensor(3.5)"
+    assert repr(ember.tensor(3.5)) == "tensor(3.5000)"
     assert repr(ember.tensor([[1, 2], [3, 4]])) == "tensor([[1, 2],\n        [3, 4]])"
     assert repr(ember.tensor([1.0, 2.0], dtype="float64")) == "tensor([1., 2.], dtype=ember.float64)"
     assert repr(ember.tensor([1, 2], dtype="int32")) == "tensor([1, 2], dtype=ember.int32)"
