@@ -72,12 +72,18 @@ MATMUL = Op("matmul", infer=_matmul_infer, impl=lambda xp, a, b: xp.matmul(_blas
             vjp=_matmul_vjp, jvp=_matmul_jvp)
 
 
-def matmul(a: Tensor, b: Tensor) -> Tensor:
-    """Matrix product with NumPy/PyTorch semantics: 1-D operands, batching and broadcasting."""
+def matmul(a: Tensor, b: Tensor, *, out: Tensor | None = None) -> Tensor:
+    """Matrix product with NumPy/PyTorch semantics: 1-D operands, batching and broadcasting.
+
+    ``out=`` writes the product into an existing tensor's storage through BLAS, with no new
+    allocation; as in PyTorch it is not differentiable.
+    """
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):
         raise TypeError(f"matmul: expected Tensors, got {type(a).__name__} and {type(b).__name__}")
     if a.dtype is not b.dtype:
         a, b = promote("matmul", a, b)
+    if out is not None:
+        return _matmul_into(a, b, out)
     na, nb = a.data.ndim, b.data.ndim
     if na >= 2 and nb >= 2:
         return apply(MATMUL, a, b)
@@ -95,6 +101,52 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     if b.ndim == 1:
         shape = shape[:-1]
     return reshape(out, shape)
+
+
+def _matmul_into(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
+    from ..autograd import STATE
+    from ..errors import AutogradError, DeviceError
+    if not isinstance(out, Tensor):
+        raise TypeError(f"matmul: out must be a Tensor, got {type(out).__name__}")
+    if STATE.grad_enabled and (a.requires_grad or b.requires_grad or out.requires_grad):
+        raise AutogradError("matmul: out= does not support automatic differentiation (an input or out requires "
+                            "grad); call it under ember.no_grad() or drop out=")
+    if STATE.tracer is not None:  # traced: an ordinary matmul whose result is copied into out
+        return out.copy_(matmul(a, b))
+    if a.ndim == 0 or b.ndim == 0:
+        raise ShapeError(f"matmul: both operands need at least 1 dimension, got {a.shape} @ {b.shape}")
+    sa = (1,) + a.shape if a.ndim == 1 else a.shape
+    sb = b.shape + (1,) if b.ndim == 1 else b.shape
+    shape, dtype = _matmul_infer(_Spec(sa, a.dtype), _Spec(sb, b.dtype))
+    if a.ndim == 1:
+        shape = shape[:-2] + shape[-1:]
+    if b.ndim == 1:
+        shape = shape[:-1]
+    if out.shape != shape:
+        raise ShapeError(f"matmul: out has shape {out.shape}, but {a.shape} @ {b.shape} gives {shape}")
+    if out.dtype is not dtype:
+        raise DTypeError(f"matmul: out has dtype {out.dtype.name}, but the product is {dtype.name}")
+    if out.device != a.device or b.device != a.device:
+        raise DeviceError(f"matmul: tensors are on different devices: {a.device}, {b.device}, out on {out.device}")
+    if not out.data.flags.writeable:
+        raise AutogradError(f"matmul: out (shape {out.shape}) is read-only")
+    from .registry import _xp
+    _xp(a.device).matmul(_blas_ready(a.data), _blas_ready(b.data), out=out.data)
+    out._version[0] += 1
+    return out
+
+
+class _Spec:
+    """A shape and dtype without data: enough for the matmul infer rule (which reads ``.data.shape``)."""
+
+    __slots__ = ("dtype", "shape")
+
+    def __init__(self, shape: tuple, dtype: Any) -> None:
+        self.shape, self.dtype = shape, dtype
+
+    @property
+    def data(self) -> _Spec:
+        return self
 
 
 def mm(a: Tensor, b: Tensor) -> Tensor:

@@ -530,3 +530,34 @@ def test_small_cnn_end_to_end():
     arrays = [rand(2, 3, 8, 7, seed=1), rand(4, 3, 3, 3, seed=2) * 0.5, rand(4, seed=3),
               rand(6, 2, 3, 3, seed=4) * 0.5, rand(6 * 2 * 2, 5, seed=5) * 0.3]
     check_op(net, None, arrays, atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- matmul(out=)
+
+@pytest.mark.parametrize("sa,sb", [((4, 5), (5, 3)), ((5,), (5, 3)), ((4, 5), (5,)), ((2, 4, 5), (5, 3)),
+                                   ((2, 1, 4, 5), (3, 5, 2))])
+def test_matmul_out_writes_in_place(sa, sb):
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(sa).astype(np.float32), rng.standard_normal(sb).astype(np.float32)
+    want = a @ b
+    out = ember.empty(*want.shape)
+    storage, version = out.data, out._version[0]
+    result = ember.matmul(ember.tensor(a), ember.tensor(b.T).T if b.ndim == 2 else ember.tensor(b), out=out)
+    assert result is out and out.data is storage and out._version[0] == version + 1
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_out_errors():
+    a, b = ember.randn(4, 5), ember.randn(5, 3)
+    with pytest.raises(ember.ShapeError, match=r"matmul: out has shape \(3, 3\), but \(4, 5\) @ \(5, 3\) gives \(4, 3\)"):
+        ember.matmul(a, b, out=ember.empty(3, 3))
+    with pytest.raises(ember.DTypeError, match="matmul: out has dtype float64, but the product is float32"):
+        ember.matmul(a, b, out=ember.empty(4, 3, dtype="float64"))
+    with pytest.raises(ember.ShapeError, match="inner dimensions differ"):
+        ember.matmul(a, a, out=ember.empty(4, 5))
+    with pytest.raises(TypeError, match="matmul: out must be a Tensor, got ndarray"):
+        ember.matmul(a, b, out=np.empty((4, 3), np.float32))
+    with pytest.raises(ember.AutogradError, match="out= does not support automatic differentiation"):
+        ember.matmul(a.requires_grad_(), b, out=ember.empty(4, 3))
+    with ember.no_grad():
+        ember.matmul(a, b, out=ember.empty(4, 3))  # fine without recording
