@@ -549,6 +549,13 @@ _METHODS = {
 }
 
 
+# Operators whose function takes (self, other) in order are bound directly: one Python frame less
+# per ``a + b`` than a method that forwards (the methods above document them and stay the fallback).
+_DIRECT_OPERATORS = {"__add__": ("pointwise", "add"), "__sub__": ("pointwise", "sub"),
+                     "__mul__": ("pointwise", "mul"), "__truediv__": ("pointwise", "div"),
+                     "__neg__": ("pointwise", "neg")}
+
+
 def _install_methods() -> None:
     from . import ops
     for module_name, names in _METHODS.items():
@@ -556,6 +563,8 @@ def _install_methods() -> None:
         for name in names:
             if name not in Tensor.__dict__:
                 setattr(Tensor, name, getattr(module, name))
+    for dunder, (module_name, name) in _DIRECT_OPERATORS.items():
+        setattr(Tensor, dunder, getattr(getattr(ops, module_name), name))
 
 
 from . import ops as _ops  # noqa: E402  (ops need Tensor defined first)

@@ -100,10 +100,18 @@ def _quiet(f):
     return impl
 
 
+def _named_kernel(kernel: str, arity: int) -> Any:
+    """``xp.<kernel>``, looked up once for NumPy (the hot path) and per call for other backends."""
+    ufunc = getattr(np, kernel)
+    if arity == 1:
+        return lambda xp, x: ufunc(x) if xp is np else getattr(xp, kernel)(x)
+    return lambda xp, a, b: ufunc(a, b) if xp is np else getattr(xp, kernel)(a, b)
+
+
 def _unary(name: str, kernel: Any, vjp: Any = None, c_expr: str | None = None, floating: bool = True,
            save_inputs: bool = True, save_output: bool = False, out_dtype: _dt.DType | None = None,
            quiet: bool = False, linear: bool = False) -> Op:
-    impl = (lambda xp, x: getattr(xp, kernel)(x)) if isinstance(kernel, str) else kernel
+    impl = _named_kernel(kernel, 1) if isinstance(kernel, str) else kernel
     return Op(name, infer=_infer_map(name, 1, out_dtype, floating), impl=_quiet(impl) if quiet else impl, vjp=vjp,
               c_expr=c_expr, save_inputs=save_inputs, save_output=save_output, elementwise=vjp is not None,
               linear=linear)
@@ -112,7 +120,7 @@ def _unary(name: str, kernel: Any, vjp: Any = None, c_expr: str | None = None, f
 def _binary(name: str, kernel: Any, vjp: Any = None, c_expr: str | None = None, out_dtype: _dt.DType | None = None,
             save_inputs: bool = True, save_output: bool = False, quiet: bool = False,
             linear: bool = False) -> Op:
-    impl = (lambda xp, a, b: getattr(xp, kernel)(a, b)) if isinstance(kernel, str) else kernel
+    impl = _named_kernel(kernel, 2) if isinstance(kernel, str) else kernel
     return Op(name, infer=_infer_map(name, 2, out_dtype), impl=_quiet(impl) if quiet else impl, vjp=vjp,
               c_expr=c_expr, save_inputs=save_inputs, save_output=save_output,
               elementwise=vjp is not None and not linear, linear=linear)

@@ -27,10 +27,13 @@ def _reduced_shape(shape: tuple, axes: tuple, keepdim: bool) -> tuple:
 
 def _infer(name: str, out_dtype: Any = None, nonempty: bool = False):
     def infer(x: Tensor, axes: tuple, keepdim: bool) -> tuple:
-        if nonempty and 0 in x.data.shape and builtins.any(x.shape[a] == 0 for a in axes):
+        shape = x.data.shape
+        if nonempty and 0 in shape and builtins.any(shape[a] == 0 for a in axes):
             from ..errors import ShapeError
-            raise ShapeError(f"{name}: cannot reduce over an empty dimension (shape {x.shape}, dims {axes})")
-        return _reduced_shape(x.shape, axes, keepdim), out_dtype or x.dtype
+            raise ShapeError(f"{name}: cannot reduce over an empty dimension (shape {shape}, dims {axes})")
+        if not keepdim and len(axes) == len(shape):
+            return (), out_dtype or x.dtype
+        return _reduced_shape(shape, axes, keepdim), out_dtype or x.dtype
     return infer
 
 
@@ -170,7 +173,8 @@ def _reduce(op: Op, x: Tensor, dim: Any, keepdim: bool) -> Tensor:
 
 def sum(x: Tensor, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
     """Sum over ``dim`` (an int, a tuple, or None for all). Integer and bool inputs sum in int64."""
-    _check_tensor("sum", x)
+    if type(x) is not Tensor:
+        _check_tensor("sum", x)
     if dtype is not None:
         x = x.to(dtype)
     elif x.dtype.category != _dt.FLOATING and x.dtype is not _dt.int64:
