@@ -31,6 +31,8 @@ def broadcast_shapes(name: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
 
 def normalize_dim(name: str, dim: int, ndim: int) -> int:
     """Map a possibly negative ``dim`` into ``[0, ndim)``; IndexError-style message otherwise."""
+    if type(dim) is int and -ndim <= dim < ndim:  # the common case, checked cheaply
+        return dim + ndim if dim < 0 else dim
     if not isinstance(dim, int):
         raise TypeError(f"{name}: dim must be an int, got {type(dim).__name__}")
     lo = -max(ndim, 1)
