@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import DTypeError, ShapeError
 from ..tensor import Tensor
 from ._shape import broadcast_shapes
-from .movement import gather, permute, reshape, squeeze, unsqueeze
+from .movement import permute, reshape, squeeze, unsqueeze
 from .pointwise import promote
 from .registry import Op, apply, composite
 
@@ -313,6 +313,10 @@ def _to_nchw(cols_out: Tensor, unbatched: bool) -> Tensor:
     return squeeze(out, 0) if unbatched else out
 
 
+def _to_unbatched(out: Tensor, unbatched: bool) -> Tensor:
+    return squeeze(out, 0) if unbatched else out
+
+
 def _unfold(x: Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
             pad_value: Any = 0) -> Tensor:
     return apply(UNFOLD2D, x, kernel=kernel, stride=stride, padding=padding, dilation=dilation, pad_value=pad_value)
@@ -429,6 +433,120 @@ def _pool_setup(name: str, x: Tensor, kernel_size: Any, stride: Any, padding: An
     return kernel, stride, (ph, ph + eh, pw, pw + ew), dilation, (oh, ow)
 
 
+# Max pooling is three small primitives rather than a composite over unfold/argmax/gather: NumPy's
+# argmax along a short strided axis and the scatter-add in gather's gradient cost ten times more than
+# a few whole-array passes, one per kernel offset. The three are linear adjoints of each other in
+# their first input (the window mask depends on x only through comparisons), so gradients of any
+# order and forward mode come from the same two kernels.
+
+def _pool_windows(shape: tuple, kernel: tuple, stride: tuple, dilation: tuple, out_hw: tuple) -> list:
+    """For each kernel offset in row-major order, the (rows, cols) slices of the padded input it reads."""
+    (oh, ow), views = out_hw, []
+    for a in range(kernel[0]):
+        r0 = a * dilation[0]
+        for b in range(kernel[1]):
+            c0 = b * dilation[1]
+            views.append((slice(r0, r0 + stride[0] * (oh - 1) + 1, stride[0]),
+                          slice(c0, c0 + stride[1] * (ow - 1) + 1, stride[1])))
+    return views
+
+
+def _padded(xp: Any, x: Any, pad: tuple, value: Any) -> Any:
+    if not any(pad):
+        return x
+    return xp.pad(x, ((0, 0), (0, 0), (pad[0], pad[1]), (pad[2], pad[3])), constant_values=value)
+
+
+def _lowest(dtype: Any) -> Any:
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+
+
+def _maxpool_impl(xp: Any, x: Any, kernel: tuple, stride: tuple, pad: tuple, dilation: tuple,
+                  out_hw: tuple) -> Any:
+    xpad = _padded(xp, x, pad, _lowest(x.dtype))
+    out = None
+    for rows, cols in _pool_windows(xpad.shape, kernel, stride, dilation, out_hw):
+        v = xpad[:, :, rows, cols]
+        out = v.copy() if out is None else xp.maximum(out, v, out=out)  # maximum propagates NaN
+    return out
+
+
+def _first_max_masks(xp: Any, x: Any, out: Any, kernel: tuple, stride: tuple, pad: tuple, dilation: tuple,
+                     out_hw: tuple):
+    """Yield (rows, cols, mask) per kernel offset: mask marks the windows whose first maximum
+    (row-major, NaN counting as the maximum) sits at that offset, so every window is marked once."""
+    xpad = _padded(xp, x, pad, _lowest(x.dtype))
+    nan = x.dtype.kind == "f" and bool(xp.isnan(out).any())
+    taken = None
+    for rows, cols in _pool_windows(xpad.shape, kernel, stride, dilation, out_hw):
+        v = xpad[:, :, rows, cols]
+        hit = v == out
+        if nan:
+            hit |= xp.isnan(v) & xp.isnan(out)
+        if taken is None:
+            taken = hit.copy()
+        else:
+            hit &= ~taken
+            taken |= hit
+        yield rows, cols, hit
+
+
+def _maxpool_backward_impl(xp: Any, g: Any, x: Any, out: Any, kernel: tuple, stride: tuple, pad: tuple,
+                           dilation: tuple, out_hw: tuple) -> Any:
+    n, c, h, w = x.shape
+    hp, wp = h + pad[0] + pad[1], w + pad[2] + pad[3]
+    disjoint = all(s == k * d for s, k, d in zip(stride, kernel, dilation))  # each input in at most one window
+    tiled = disjoint and dilation == (1, 1) and (hp, wp) == (out_hw[0] * kernel[0], out_hw[1] * kernel[1])
+    grad = (xp.empty if tiled else xp.zeros)((n, c, hp, wp), dtype=g.dtype)
+    for rows, cols, mask in _first_max_masks(xp, x, out, kernel, stride, pad, dilation, out_hw):
+        if disjoint:
+            xp.multiply(g, mask, out=grad[:, :, rows, cols])
+        else:
+            grad[:, :, rows, cols] += g * mask
+    return grad[:, :, pad[0]:pad[0] + h, pad[2]:pad[2] + w]
+
+
+def _maxpool_select_impl(xp: Any, t: Any, x: Any, out: Any, kernel: tuple, stride: tuple, pad: tuple,
+                         dilation: tuple, out_hw: tuple) -> Any:
+    tpad = _padded(xp, t, pad, 0)
+    res = xp.zeros(out.shape, dtype=t.dtype)
+    for rows, cols, mask in _first_max_masks(xp, x, out, kernel, stride, pad, dilation, out_hw):
+        res += tpad[:, :, rows, cols] * mask
+    return res
+
+
+def _pool_attrs(ctx: Any) -> dict:
+    return {k: ctx.attrs[k] for k in ("kernel", "stride", "pad", "dilation", "out_hw")}
+
+
+def _maxpool_vjp(ctx: Any, g: Tensor) -> tuple:
+    return (apply(MAXPOOL2D_BACKWARD, g, ctx.inputs[0].detach(), ctx.out.detach(), **_pool_attrs(ctx)),)
+
+
+def _maxpool_jvp(ctx: Any, t: Tensor | None) -> Tensor | None:
+    if t is None:
+        return None
+    return apply(MAXPOOL2D_SELECT, t, ctx.inputs[0].detach(), ctx.out.detach(), **_pool_attrs(ctx))
+
+
+def _adjoint_vjp(other: str):
+    def vjp(ctx: Any, g: Tensor) -> tuple:
+        x, out = ctx.inputs[1], ctx.inputs[2]
+        return apply(REGISTRY_POOL[other], g, x, out, **_pool_attrs(ctx)), None, None
+    return vjp
+
+
+MAXPOOL2D = Op("max_pool2d", infer=lambda x, kernel, stride, pad, dilation, out_hw: (x.shape[:2] + out_hw, x.dtype),
+               impl=_maxpool_impl, vjp=_maxpool_vjp, jvp=_maxpool_jvp, save_output=True)
+MAXPOOL2D_BACKWARD = Op("max_pool2d_backward",
+                        infer=lambda g, x, out, **_: (x.shape, g.dtype), impl=_maxpool_backward_impl,
+                        vjp=_adjoint_vjp("select"), linear=True, diff_args=(0,))
+MAXPOOL2D_SELECT = Op("max_pool2d_select",
+                      infer=lambda t, x, out, **_: (out.shape, t.dtype), impl=_maxpool_select_impl,
+                      vjp=_adjoint_vjp("backward"), linear=True, diff_args=(0,))
+REGISTRY_POOL = {"backward": MAXPOOL2D_BACKWARD, "select": MAXPOOL2D_SELECT}
+
+
 @composite
 def max_pool2d(input: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
                ceil_mode: bool = False, return_indices: bool = False) -> Any:
@@ -444,14 +562,15 @@ def max_pool2d(input: Tensor, kernel_size: Any, stride: Any = None, padding: Any
         raise DTypeError(f"{name}: bool tensors are not supported")
     kernel, stride, pad, dilation, (oh, ow) = _pool_setup(name, x, kernel_size, stride, padding, dilation,
                                                           ceil_mode)
-    n, c, _, w = x.shape
-    lowest = float("-inf") if x.dtype.is_floating_point else int(np.iinfo(x.dtype.np).min)
-    cols = reshape(_unfold(x, kernel, stride, pad, dilation, lowest), (c, kernel[0] * kernel[1], n, oh, ow))
-    idx = argmax(cols.detach(), 1, keepdim=True)               # first maximum of each window
-    out = _to_nchw(reshape(gather(cols, 1, idx), (c, n, oh, ow)), unbatched)
+    out = _to_unbatched(apply(MAXPOOL2D, x, kernel=kernel, stride=stride, pad=pad, dilation=dilation,
+                              out_hw=(oh, ow)), unbatched)
     if not return_indices:
         return out
     from .creation import arange
+    n, c, _, w = x.shape
+    lowest = float("-inf") if x.dtype.is_floating_point else int(np.iinfo(x.dtype.np).min)
+    cols = reshape(_unfold(x.detach(), kernel, stride, pad, dilation, lowest), (c, kernel[0] * kernel[1], n, oh, ow))
+    idx = argmax(cols, 1, keepdim=True)                        # first maximum of each window
     top = reshape(arange(oh, device=x.device) * stride[0] - pad[0], (1, 1, 1, oh, 1))
     left = reshape(arange(ow, device=x.device) * stride[1] - pad[2], (1, 1, 1, 1, ow))
     flat = ((idx // kernel[1]) * dilation[0] + top) * w + (idx % kernel[1]) * dilation[1] + left

@@ -562,3 +562,41 @@ def test_matmul_out_errors():
         ember.matmul(a.requires_grad_(), b, out=ember.empty(4, 3))
     with ember.no_grad():
         ember.matmul(a, b, out=ember.empty(4, 3))  # fine without recording
+
+
+def test_max_pool2d_second_order_gradients_match_finite_differences():
+    x = ember.tensor(distinct(1, 2, 6, 6, seed=3), dtype=ember.float64, requires_grad=True)
+
+    def first_grad_norm(t):
+        (g,) = ember.grad((linalg.max_pool2d(t, 3, stride=2, padding=1) ** 2).sum(), [t], create_graph=True)
+        return (g * g).sum()
+
+    ember.autograd.gradcheck(first_grad_norm, [x])
+
+
+@pytest.mark.parametrize("kw", [{"kernel_size": 3, "stride": 1, "dilation": 2}, {"kernel_size": 2, "ceil_mode": True},
+                                {"kernel_size": (3, 2), "stride": (2, 1), "padding": (1, 0)}])
+def test_max_pool2d_overlapping_windows_with_ties_match_torch(kw):
+    # many ties (a coarse grid of values) in overlapping windows: each window's gradient goes to its first maximum
+    a = np.random.default_rng(5).integers(0, 3, size=(2, 3, 7, 9)).astype(np.float32)
+    x = ember.tensor(a, requires_grad=True)
+    out = linalg.max_pool2d(x, **kw)
+    out.backward(ember.tensor(np.arange(out.numel(), dtype=np.float32).reshape(out.shape)))
+    if torch is None:
+        pytest.skip("torch not installed")
+    t = torch.tensor(a, requires_grad=True)
+    ref = torch.nn.functional.max_pool2d(t, **kw)
+    ref.backward(torch.arange(ref.numel(), dtype=torch.float32).reshape(ref.shape))
+    np.testing.assert_array_equal(out.detach().numpy(), ref.detach().numpy())
+    np.testing.assert_array_equal(x.grad.numpy(), t.grad.numpy())
+
+
+def test_max_pool2d_nan_wins_its_window():
+    a = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    a[0, 0, 1, 0] = np.nan
+    x = ember.tensor(a, requires_grad=True)
+    out = linalg.max_pool2d(x, 2)
+    assert np.isnan(out.detach().numpy()[0, 0, 0, 0]) and out.detach().numpy()[0, 0, 1, 1] == 15
+    out.sum().backward()
+    g = x.grad.numpy()[0, 0]
+    assert g[1, 0] == 1 and g[1, 1] == 0 and g.sum() == 4
