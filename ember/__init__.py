@@ -42,3 +42,6 @@ double = float64
 half = float16
 long = int64
 int = int32
+
+from . import io
+from .io import load, save
