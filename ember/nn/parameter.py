@@ -41,5 +41,14 @@ class Parameter(Tensor):
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()
 
+    def __deepcopy__(self, memo: dict) -> Parameter:
+        if id(self) in memo:
+            return memo[id(self)]
+        from ..ops.creation import tensor
+        p = Parameter(tensor(self.data.copy(), dtype=self.dtype, device=self.device), self.requires_grad)
+        memo[id(self)] = p
+        return p
+
     def __reduce_ex__(self, protocol: Any) -> Any:
-        return (Parameter, (self.detach(), self.requires_grad))
+        from ..ops.creation import tensor
+        return (Parameter, (tensor(self.data.copy(), dtype=self.dtype), self.requires_grad))

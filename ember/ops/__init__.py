@@ -6,9 +6,11 @@ from . import (  # noqa: F401
     indexing,
     linalg,
     movement,
+    nn_ops,
     pointwise,
     random,
     reduce,
     registry,
+    sparse_ops,
 )
 from .registry import REGISTRY, Op, apply  # noqa: F401
