@@ -43,5 +43,5 @@ half = float16
 long = int64
 int = int32
 
-from . import io
+from . import io, nn, optim, data
 from .io import load, save

@@ -459,6 +459,10 @@ def _run(outputs: Sequence[Tensor], grad_outputs: Sequence[Tensor | None], retai
 
 
 def _accumulate(leaf: Tensor, g: Tensor, create_graph: bool, handed_out: set[int]) -> None:
+    from .tensor import Tensor
+    if leaf.grad is not None and not isinstance(leaf.grad, Tensor):  # a RowSparseGrad from a sparse lookup
+        leaf.grad = leaf.grad + g
+        return
     if not create_graph:
         data = g.data
         if (id(data) in handed_out or not data.flags.writeable or not data.flags.c_contiguous

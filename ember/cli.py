@@ -1,7 +1,7 @@
-"""The ``ember`` command: ``ember info`` (versions, BLAS, compiler, devices) and ``ember demo``.
+"""The ``ember`` command: ``ember train`` (the main job), ``ember info`` and ``ember demo``.
 
 ``main(argv)`` returns the exit status; the console script ``ember = "ember.cli:main"`` calls it.
-Later subcommands (``ember train`` ...) plug in through ``_build_parser``.
+Subcommands plug in through ``_build_parser``.
 """
 
 from __future__ import annotations
@@ -240,6 +240,72 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- train
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import errors
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      optimizer=args.optimizer, data_dir=args.data_dir, out=args.out, resume=args.resume,
+                      seed=args.seed, device=args.device, limit_train=args.limit_train, limit_test=args.limit_test,
+                      progress=not args.quiet, plot=not args.no_plot)
+    try:
+        summary = train(cfg)
+    except (errors.EmberError, ValueError, OSError) as e:  # bad values and files: one line, no traceback
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"ember train: error: {msg}", file=sys.stderr)
+        return 2
+    if args.quiet and summary["test_accuracy"] is not None:
+        print(f"{summary['model']}: test accuracy {100 * summary['test_accuracy']:.2f}% "
+              f"after {summary['epochs']} epochs ({summary['seconds']:.1f} s)")
+    return 0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _add_train_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "train", help="train a small CNN or MLP on Fashion-MNIST (the main job)",
+        description="Train a small CNN (default) or MLP on Fashion-MNIST with Ember, showing a progress bar, "
+                    "per-epoch train loss and test accuracy, then save a checkpoint, a PNG of the curves and "
+                    "metrics.json into --out. Data: --data-dir if given, else Debian's "
+                    "/usr/share/datasets/fashion-mnist/ (package dataset-fashion-mnist) when installed, else "
+                    "the subset bundled with Ember (6000 train / 1000 test images).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", choices=["cnn", "mlp"], default="cnn",
+                   help="cnn: conv32-pool-conv64-pool-fc128-fc10; mlp: 784-256-128-10")
+    p.add_argument("--epochs", type=_positive_int, default=3, help="passes over the training set")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per step")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="learning rate (default: 1e-3 for adam/adamw, 0.05 for sgd)")
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam",
+                   help="adam, adamw, or sgd with momentum 0.9")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="a folder with the four Fashion-MNIST IDX files (.gz or raw)")
+    p.add_argument("--out", default="runs/fashion", metavar="DIR",
+                   help="output folder for checkpoint.safetensors, curves.png, metrics.json")
+    p.add_argument("--resume", default=None, metavar="PATH",
+                   help="continue from a checkpoint file (or its folder) up to --epochs")
+    p.add_argument("--seed", type=int, default=0, help="seed for initialization and data order")
+    p.add_argument("--device", default="cpu", help="device to train on")
+    p.add_argument("--limit-train", type=_positive_int, default=None, metavar="N",
+                   help="use only the first N training images (quick runs)")
+    p.add_argument("--limit-test", type=_positive_int, default=None, metavar="N",
+                   help="use only the first N test images")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines; print the summary")
+    p.add_argument("--no-plot", action="store_true", help="skip curves.png")
+    p.set_defaults(func=_cmd_train)
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 def _positive_int(text: str) -> int:
@@ -258,6 +324,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ember", description="Ember: a deep-learning framework.")
     parser.add_argument("--version", action="version", version=f"ember {ember.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_train_parser(sub)
 
     p = sub.add_parser("info", help="versions, BLAS, C compiler, devices, PyTorch",
                        description="Print the versions and the machine facts that matter to Ember.")
