@@ -62,8 +62,8 @@ def test_cnn_learns_on_a_small_slice(tmp_path):
 
 
 def test_resume_continues_bit_identically(tmp_path):
-    common = dict(model="mlp", batch_size=64, limit_train=256, limit_test=128, progress=False, plot=False,
-                  optimizer="sgd")
+    common = {"model": "mlp", "batch_size": 64, "limit_train": 256, "limit_test": 128, "progress": False,
+              "plot": False, "optimizer": "sgd"}
     straight = train(TrainConfig(epochs=2, out=str(tmp_path / "a"), **common))
     train(TrainConfig(epochs=1, out=str(tmp_path / "b"), **common))
     ember.manual_seed(123)  # disturb the global RNG: the checkpoint must restore it

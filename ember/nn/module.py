@@ -283,7 +283,7 @@ class Module:
         with no_grad():
             for m in self.modules():
                 for table in (m._parameters, m._buffers):
-                    for name, t in table.items():
+                    for t in table.values():
                         if t is None:
                             continue
                         new = fn(t)
@@ -299,7 +299,7 @@ class Module:
     def to(self, *args: Any, device: Any = None, dtype: Any = None) -> Module:
         """Move parameters and buffers to a device and/or cast floating ones to a dtype, in place."""
         for a in args:
-            if isinstance(a, str) or hasattr(a, "type") and hasattr(a, "index"):
+            if isinstance(a, str) or (hasattr(a, "type") and hasattr(a, "index")):
                 device = a
             else:
                 dtype = a

@@ -89,7 +89,7 @@ def test_reassign_and_delete():
     del m.weight
     assert not hasattr(m, "weight")
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
-        m.nothing  # noqa: B018
+        m.nothing
 
 
 def test_assign_before_super_init_is_a_clear_error():
