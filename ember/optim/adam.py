@@ -20,6 +20,7 @@ from .optimizer import (
     _step_tensor,
     _tracing,
     _views,
+    dense_grads,
     is_sparse,
 )
 
@@ -95,13 +96,7 @@ class Adam(Optimizer):
         opts = {"lr": group["lr"], "beta1": beta1, "beta2": beta2, "eps": group["eps"],
                 "weight_decay": group["weight_decay"], "decoupled_weight_decay": group["decoupled_weight_decay"],
                 "amsgrad": amsgrad, "maximize": group["maximize"], "capturable": capturable}
-        for i, p in enumerate(group["params"]):
-            g = p.grad
-            if g is None:
-                continue
-            if is_sparse(g):
-                raise TypeError(f"{name}: {_describe(p, i)} has a row-sparse gradient (RowSparseGrad); {name} does "
-                                "not support sparse gradients, use ember.optim.SparseAdam for those parameters")
+        for p, g in dense_grads(group, name, "ember.optim.SparseAdam"):
             state = self.state[p]
             if not state:
                 state["step"] = _step_tensor()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -434,3 +434,16 @@ class Optimizer:
                     lines.append(f"    {k}: {g[k]}")
         lines.append(")")
         return "\n".join(lines)
+
+
+def dense_grads(group: dict, name: str, instead: str) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(param, grad)`` for the parameters of ``group`` that have a gradient; a row-sparse one is an error
+    naming ``name`` and the optimizer to use ``instead``."""
+    for i, p in enumerate(group["params"]):
+        g = p.grad
+        if g is None:
+            continue
+        if is_sparse(g):
+            raise TypeError(f"{name}: {_describe(p, i)} has a row-sparse gradient (RowSparseGrad), which {name} "
+                            f"does not support; use {instead} for those parameters")
+        yield p, g

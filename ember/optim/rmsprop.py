@@ -9,12 +9,11 @@ from .optimizer import (
     Optimizer,
     ParamsT,
     _check_range,
-    _describe,
     _fast_ok,
     _increment,
     _step_tensor,
     _views,
-    is_sparse,
+    dense_grads,
 )
 
 
@@ -63,13 +62,7 @@ class RMSprop(Optimizer):
 
     def _step_group(self, group: dict[str, Any]) -> None:
         opts = {k: group[k] for k in ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")}
-        for i, p in enumerate(group["params"]):
-            g = p.grad
-            if g is None:
-                continue
-            if is_sparse(g):
-                raise TypeError(f"RMSprop: {_describe(p, i)} has a row-sparse gradient (RowSparseGrad), which RMSprop "
-                                "does not support; use Adagrad or SparseAdam for sparse embeddings")
+        for p, g in dense_grads(group, "RMSprop", "Adagrad or SparseAdam"):
             state = self.state[p]
             if not state:
                 state["step"] = _step_tensor()
