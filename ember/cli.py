@@ -258,7 +258,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 2
     if args.quiet and summary["test_accuracy"] is not None:
         print(f"{summary['model']}: test accuracy {100 * summary['test_accuracy']:.2f}% "
-              f"after {summary['epochs']} epochs ({summary['seconds']:.1f} s)")
+              f"after {summary['epochs']} epoch{'s' if summary['epochs'] != 1 else ''} ({summary['seconds']:.1f} s)")
     return 0
 
 

@@ -262,8 +262,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     _write_atomic(out / "metrics.json", json.dumps(summary, indent=1).encode())
     if summary["test_accuracy"] is not None:
         rate = f", {summary['images_per_second']:,.0f} img/s" if images else ""
-        say(f"done: {cfg.model} test accuracy {100 * summary['test_accuracy']:.2f}% after {summary['epochs']} "
-            f"epochs ({seconds:.1f} s{rate}); checkpoint, curves.png and metrics.json in {out}/")
+        epochs = f"{summary['epochs']} epoch{'s' if summary['epochs'] != 1 else ''}"
+        say(f"done: {cfg.model} test accuracy {100 * summary['test_accuracy']:.2f}% after {epochs} "
+            f"({seconds:.1f} s{rate}); checkpoint, curves.png and metrics.json in {out}/")
     return summary
 
 
