@@ -28,7 +28,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +38,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout without installing (ember is imported in the worker)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _harness, also when loaded by file path
+from _harness import fmt, load_library, ratio_and_status, run_worker  # noqa: E402
 
 OP_TARGET = 2.0    # per-op dispatch overhead: at most 2x PyTorch eager
 MLP_TARGET = 1.25  # MLP forward+backward: within 1.25x of PyTorch eager
@@ -193,19 +194,8 @@ def _mlp_numpy_step(seed: int = 0) -> Callable[[], float]:
 def _worker(lib_name: str, quick: bool, threads: int | None) -> dict[str, Any]:
     """Time one library ("ember": Ember plus the bare-NumPy floor, or "torch") in this process."""
     cfg = QUICK if quick else FULL
-    if lib_name == "torch":
-        import torch
-        torch.set_num_threads(threads or os.cpu_count() or 1)
-        libs: dict[str, Any] = {"torch": torch}
-        info = {"version": str(torch.__version__), "threads": torch.get_num_threads()}
-    else:
-        import ember
-        from ember.cli import blas_info, set_blas_threads
-        if threads is not None and not set_blas_threads(threads):
-            print(f"warning: could not set NumPy's BLAS threads to {threads} (not OpenBLAS?)", file=sys.stderr)
-        libs = {"ember": ember, "numpy": np}
-        info = {"version": ember.__version__, "blas": blas_info()}
-        info["threads"] = info["blas"]["threads"]
+    lib, info = load_library(lib_name, threads)
+    libs: dict[str, Any] = {"torch": lib} if lib_name == "torch" else {"ember": lib, "numpy": np}
 
     ops = []
     for k, (name, shape) in enumerate(OPS):
@@ -230,29 +220,10 @@ def _worker(lib_name: str, quick: bool, threads: int | None) -> dict[str, Any]:
 
 def _run_worker(lib_name: str, quick: bool, threads: int | None) -> tuple[dict | None, str | None]:
     """Run ``_worker`` in a child process; returns (result, None) or (None, why it failed)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", lib_name]
-    if quick:
-        cmd.append("--quick")
-    if threads is not None:
-        cmd += ["--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.stderr.strip():
-        sys.stderr.write("".join(f"[{lib_name}] {line}\n" for line in proc.stderr.strip().splitlines()
-                                 if proc.returncode != 0 or "Warning" not in line))
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        return None, f"the {lib_name} worker failed: {lines[-1] if lines else f'exit status {proc.returncode}'}"
-    return json.loads(proc.stdout.strip().splitlines()[-1]), None
+    return run_worker(__file__, lib_name, [], quick, threads)
 
 
 # ---------------------------------------------------------------------------------------------- run
-
-def _ratio_and_status(ember_t: float, torch_t: float | None, target: float) -> tuple[float | None, str]:
-    if torch_t is None or not torch_t > 0:
-        return None, "n/a"
-    ratio = ember_t / torch_t
-    return ratio, "PASS" if ratio <= target else "MISS"
-
 
 def run(quick: bool = False, use_torch: bool = True, threads: int | None = None) -> dict[str, Any]:
     """Time Ember (and NumPy) and, when it is installed, PyTorch; merge the two into one result."""
@@ -270,13 +241,13 @@ def run(quick: bool = False, use_torch: bool = True, threads: int | None = None)
     rows = []
     for i, e in enumerate(em["ops"]):
         t = th["ops"][i]["torch_us"] if th else None
-        ratio, status = _ratio_and_status(e["ember_us"], t, OP_TARGET)
+        ratio, status = ratio_and_status(e["ember_us"], t, OP_TARGET)
         numpy_us = e.get("numpy_us", rows[-1]["numpy_us"] if rows else None)  # grad rows: same kernel
         rows.append({"op": e["op"], "shape": e["shape"], "grad": e["grad"], "ember_us": e["ember_us"],
                      "torch_us": t, "ratio": ratio, "target": OP_TARGET, "status": status, "numpy_us": numpy_us})
 
     t_ms = th["mlp"]["torch_ms"] if th else None
-    ratio, status = _ratio_and_status(em["mlp"]["ember_ms"], t_ms, MLP_TARGET)
+    ratio, status = ratio_and_status(em["mlp"]["ember_ms"], t_ms, MLP_TARGET)
     # GEMM FLOPs of one step: forward, weight gradients, and input gradients of every layer but the first.
     gemm = [2 * MLP_BATCH * a * b for a, b in itertools.pairwise(MLP_SIZES)]
     mlp = {"sizes": list(MLP_SIZES), "batch": MLP_BATCH, "dtype": "float32",
@@ -302,10 +273,6 @@ def run(quick: bool = False, use_torch: bool = True, threads: int | None = None)
 
 # ---------------------------------------------------------------------------------------------- output
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
 def format_table(result: dict[str, Any]) -> str:
     meta, blas = result["meta"], result["meta"]["blas"]
     nthreads = meta["numpy_blas_threads"] if meta["numpy_blas_threads"] is not None else "unknown"
@@ -314,7 +281,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"Ember {meta['ember']} eager overhead   NumPy {meta['numpy']}   PyTorch {torch_text}   "
         f"Python {meta['python']}   {meta['cpus']} CPUs",
         f"BLAS: {blas['name'] or 'unknown'} {blas['version'] or ''} (core {blas['core'] or '?'})   "
-        f"threads: NumPy BLAS {nthreads}, torch {_fmt(meta['torch_threads'], 'd')}"
+        f"threads: NumPy BLAS {nthreads}, torch {fmt(meta['torch_threads'], 'd')}"
         + ("   [--quick: few repeats, noisy]" if meta["quick"] else ""),
         "",
     ]
@@ -325,20 +292,20 @@ def format_table(result: dict[str, Any]) -> str:
     for r in result["ops"]:
         label = f"{r['op']} {'x'.join(map(str, r['shape']))} {'grad' if r['grad'] else 'no-grad'}"
         target = f"<={r['target']:g}x {r['status']}"
-        lines.append(f"{label:<{w}} | {r['ember_us']:>9.2f} | {_fmt(r['torch_us'], '9.2f'):>9} | "
-                     f"{_fmt(r['ratio'], '6.2f'):>6} | {target:<12} | {_fmt(r['numpy_us'], '9.2f'):>9}")
+        lines.append(f"{label:<{w}} | {r['ember_us']:>9.2f} | {fmt(r['torch_us'], '9.2f'):>9} | "
+                     f"{fmt(r['ratio'], '6.2f'):>6} | {target:<12} | {fmt(r['numpy_us'], '9.2f'):>9}")
     m = result["mlp"]
     lines += [rule, f"{'':<{w}} | {'ember ms':>9} | {'torch ms':>9} | {'ratio':>6} | {'target':<12} | {'numpy ms':>9}"]
     label = f"MLP {'-'.join(map(str, m['sizes']))} b{m['batch']} f+b"
     target = f"<={m['target']:g}x {m['status']}"
-    lines.append(f"{label:<{w}} | {m['ember_ms']:>9.2f} | {_fmt(m['torch_ms'], '9.2f'):>9} | "
-                 f"{_fmt(m['ratio'], '6.2f'):>6} | {target:<12} | {m['numpy_ms']:>9.2f}")
+    lines.append(f"{label:<{w}} | {m['ember_ms']:>9.2f} | {fmt(m['torch_ms'], '9.2f'):>9} | "
+                 f"{fmt(m['ratio'], '6.2f'):>6} | {target:<12} | {m['numpy_ms']:>9.2f}")
     gf = {k: m["gemm_flops"] / (m[f"{k}_ms"] * 1e-3) / 1e9 if m[f"{k}_ms"] else None
           for k in ("ember", "torch", "numpy")}
-    lines.append(f"{'  GEMM GFLOP/s':<{w}} | {gf['ember']:>9.1f} | {_fmt(gf['torch'], '9.1f'):>9} | "
+    lines.append(f"{'  GEMM GFLOP/s':<{w}} | {gf['ember']:>9.1f} | {fmt(gf['torch'], '9.1f'):>9} | "
                  f"{'':>6} | {'':<12} | {gf['numpy']:>9.1f}")
     lines.append(f"{'  loss (same data, weights)':<{w}} | {m['ember_loss']:>9.4f} | "
-                 f"{_fmt(m['torch_loss'], '9.4f'):>9} | {'':>6} | {'':<12} | {m['numpy_loss']:>9.4f}")
+                 f"{fmt(m['torch_loss'], '9.4f'):>9} | {'':>6} | {'':<12} | {m['numpy_loss']:>9.4f}")
     lines += [
         "",
         "Times are medians of one call; ratio = ember / torch; targets are measured, not asserted.",

@@ -32,7 +32,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -43,6 +42,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout without installing Ember
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _harness, also when loaded by file path
+from _harness import fmt, load_library, ratio_and_status, run_worker  # noqa: E402
 
 WORKLOADS = ("mlp", "cnn", "gpt", "ctr")
 TARGETS = {"mlp": 1.25, "cnn": 2.0, "gpt": 2.0, "ctr": 2.0}
@@ -268,21 +269,10 @@ def make_step(lib: Any, name: str, c: dict[str, Any], seed: int = 0) -> tuple[Ca
 def _worker(lib_name: str, name: str, quick: bool, threads: int | None) -> dict[str, Any]:
     """Time one workload in one library, in this process."""
     c = (QUICK if quick else FULL)[name]
-    if lib_name == "torch":
-        import torch
-        torch.set_num_threads(threads or os.cpu_count() or 1)
-        lib: Any = torch
-        info: dict[str, Any] = {"version": str(torch.__version__), "threads": torch.get_num_threads()}
-    else:
-        import ember
+    if lib_name == "ember":
         import ember.nn
-        import ember.optim
-        from ember.cli import blas_info, set_blas_threads
-        if threads is not None and not set_blas_threads(threads):
-            print(f"warning: could not set NumPy's BLAS threads to {threads} (not OpenBLAS?)", file=sys.stderr)
-        lib = ember
-        blas = blas_info()
-        info = {"version": ember.__version__, "threads": blas["threads"], "blas": blas}
+        import ember.optim  # noqa: F401
+    lib, info = load_library(lib_name, threads)
     start = time.perf_counter()
     step, n_params = make_step(lib, name, c)
     build_s = time.perf_counter() - start
@@ -309,16 +299,7 @@ def _worker(lib_name: str, name: str, quick: bool, threads: int | None) -> dict[
 
 def _run_worker(lib_name: str, name: str, quick: bool, threads: int | None) -> tuple[dict | None, str | None]:
     """Run ``_worker`` in a child process; returns (result, None) or (None, why it failed)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", lib_name, "--only", name]
-    if quick:
-        cmd.append("--quick")
-    if threads is not None:
-        cmd += ["--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        return None, f"{lines[-1] if lines else f'exit status {proc.returncode}'}"
-    return json.loads(proc.stdout.strip().splitlines()[-1]), None
+    return run_worker(__file__, lib_name, ["--only", name], quick, threads)
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -368,20 +349,12 @@ def run(names: list[str], quick: bool = False, use_torch: bool = True, threads: 
         e, t = row.get("ember"), row.get("torch")
         row["ember_ms"] = e["ms"] if e else None
         row["torch_ms"] = t["ms"] if t else None
-        if row["ember_ms"] and row["torch_ms"]:
-            row["ratio"] = row["ember_ms"] / row["torch_ms"]
-            row["status"] = "PASS" if row["ratio"] <= row["target"] else "MISS"
-        else:
-            row["ratio"], row["status"] = None, "n/a"
+        row["ratio"], row["status"] = ratio_and_status(row["ember_ms"], row["torch_ms"], row["target"])
         rows.append(row)
     return {"meta": meta, "rows": rows}
 
 
 # ---------------------------------------------------------------------------------------------- output
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
 
 def format_table(result: dict[str, Any]) -> str:
     meta = result["meta"]
@@ -391,7 +364,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"Ember {meta['ember'] or 'n/a'} training steps (eager)   NumPy {meta['numpy']}   PyTorch {torch_text}   "
         f"Python {meta['python']}   {meta['cpus']} CPUs",
         f"BLAS: {blas.get('name') or 'unknown'} {blas.get('version') or ''}   threads: NumPy BLAS "
-        f"{_fmt(meta['numpy_blas_threads'], 'd')}, torch {_fmt(meta['torch_threads'], 'd')}"
+        f"{fmt(meta['numpy_blas_threads'], 'd')}, torch {fmt(meta['torch_threads'], 'd')}"
         + ("   [--quick: smaller sizes, few steps]" if meta["quick"] else ""),
         "",
     ]
@@ -402,10 +375,10 @@ def format_table(result: dict[str, Any]) -> str:
     lines += [header, rule]
     notes = []
     for r in result["rows"]:
-        ember_txt = _fmt(r["ember_ms"], "13.2f") if r["ember_ms"] is not None else "failed"
-        torch_txt = _fmt(r["torch_ms"], "13.2f") if r["torch_ms"] is not None else (
+        ember_txt = fmt(r["ember_ms"], "13.2f") if r["ember_ms"] is not None else "failed"
+        torch_txt = fmt(r["torch_ms"], "13.2f") if r["torch_ms"] is not None else (
             "n/a" if r.get("torch_error") in NO_TORCH else "failed")
-        lines.append(f"{r['label']:<{w}} | {ember_txt:>13} | {torch_txt:>13} | {_fmt(r['ratio'], '6.2f'):>6} | "
+        lines.append(f"{r['label']:<{w}} | {ember_txt:>13} | {torch_txt:>13} | {fmt(r['ratio'], '6.2f'):>6} | "
                      f"{'<=' + format(r['target'], 'g') + 'x':>6} | {r['status']}")
         e, t = r.get("ember"), r.get("torch")
         params = f"params ember {e['params']:,}" if e else "params ember n/a"
