@@ -19,6 +19,7 @@ from .optimizer import (
     _tracing,
     _views,
     is_sparse,
+    sparse_rows,
 )
 
 
@@ -94,12 +95,10 @@ class Adagrad(Optimizer):
         if wd != 0:
             raise ValueError(f"Adagrad: weight_decay={wd} is not compatible with the row-sparse gradient of "
                              f"{_describe(p, i)}")
-        idx = g.indices.data
-        if idx.size == 0:
+        rows = sparse_rows(g, maximize)
+        if rows is None:
             return
-        v = g.values.data
-        if maximize:
-            v = np.negative(v)
+        idx, v = rows
         f = p.data.dtype.type
         s = state_sum.data
         rows = s[idx]

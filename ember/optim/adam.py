@@ -22,6 +22,7 @@ from .optimizer import (
     _views,
     dense_grads,
     is_sparse,
+    sparse_rows,
 )
 
 
@@ -163,12 +164,10 @@ class SparseAdam(Optimizer):
                 state["exp_avg"] = zeros_like(p)
                 state["exp_avg_sq"] = zeros_like(p)
             state["step"] = step = int(_check_number("SparseAdam", "state['step']", state["step"])) + 1
-            idx = g.indices.data
-            if idx.size == 0:
+            rows = sparse_rows(g, group["maximize"])
+            if rows is None:
                 continue
-            v = g.values.data
-            if group["maximize"]:
-                v = np.negative(v)
+            idx, v = rows
             m_all, s_all = state["exp_avg"].data, state["exp_avg_sq"].data
             f = p.data.dtype.type
             # PyTorch's lazy update, row by row: m += (g - m) (1 - b1); s += (g^2 - s) (1 - b2);

@@ -447,3 +447,13 @@ def dense_grads(group: dict, name: str, instead: str) -> Iterator[tuple[Tensor, 
             raise TypeError(f"{name}: {_describe(p, i)} has a row-sparse gradient (RowSparseGrad), which {name} "
                             f"does not support; use {instead} for those parameters")
         yield p, g
+
+
+def sparse_rows(g: Any, maximize: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rows and values of a row-sparse gradient as arrays, negated for ``maximize``; None when it
+    touches no row (the step then changes nothing)."""
+    idx = g.indices.data
+    if idx.size == 0:
+        return None
+    v = g.values.data
+    return idx, (np.negative(v) if maximize else v)

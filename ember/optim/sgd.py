@@ -8,7 +8,7 @@ import numpy as np
 
 from ..ops.creation import zeros_like
 from ..tensor import Tensor
-from .optimizer import Optimizer, ParamsT, _check_range, _describe, _fast_ok, _views, is_sparse
+from .optimizer import Optimizer, ParamsT, _check_range, _describe, _fast_ok, _views, is_sparse, sparse_rows
 
 
 def sgd_update(p: Any, g: Any, buf: Any, first: bool, *, lr: float, momentum: float, dampening: float,
@@ -84,12 +84,10 @@ class SGD(Optimizer):
         if opts["weight_decay"] != 0:
             raise ValueError(f"SGD: weight_decay={opts['weight_decay']} is not compatible with the row-sparse "
                              f"gradient of {_describe(p, i)}")
-        idx = g.indices.data
-        if idx.size == 0:
+        rows = sparse_rows(g, opts["maximize"])
+        if rows is None:
             return
-        v = g.values.data
-        if opts["maximize"]:
-            v = np.negative(v)
+        idx, v = rows
         delta = np.multiply(v, p.data.dtype.type(-opts["lr"]))
         p.data[idx] += delta
         p._version[0] += 1
