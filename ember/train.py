@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -125,15 +123,8 @@ def evaluate(model: nn.Module, loader: Any) -> tuple[float, float]:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ember.io import write_atomic
+    write_atomic(path, lambda tmp: Path(tmp).write_bytes(data), fn="ember train")
 
 
 def plot_curves(history: dict[str, list], path: Path) -> bool:

@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
-from .checkpoint import load, load_checkpoint, load_metadata, load_tree, save, save_checkpoint, save_tree
+from .checkpoint import load, load_checkpoint, load_metadata, load_tree, save, save_checkpoint, save_tree, write_atomic
 from .tree import CheckpointError, CheckpointNotFoundError
 
 __all__ = ["CheckpointError", "CheckpointNotFoundError", "load", "load_checkpoint", "load_metadata", "load_tree",
-           "save", "save_checkpoint", "save_tree"]
+           "save", "save_checkpoint", "save_tree", "write_atomic"]

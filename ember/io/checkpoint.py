@@ -24,7 +24,7 @@ import os
 import random
 import secrets
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -91,9 +91,12 @@ def _check_format(fn: str, file: str, meta: dict[str, str], accepted: tuple, hin
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def _write(fn: str, file: str, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    """Write a safetensors file atomically: temp file in the same directory, fsync, rename."""
-    st = _safetensors()
+def write_atomic(path: str | os.PathLike, writer: Callable[[str], Any], *, fn: str = "write_atomic",
+                 errors: tuple[type[BaseException], ...] = (OSError,)) -> None:
+    """Write ``path`` atomically: ``writer(tmp)`` fills a temporary file in the same directory, which is
+    fsynced and renamed over ``path``. On any failure the temporary file is removed and an existing file at
+    ``path`` is unchanged; failures of the types in ``errors`` become a ``CheckpointError`` naming ``fn``."""
+    file = os.fspath(path)
     if os.path.isdir(file):
         raise CheckpointError(f"{fn}: cannot write {file!r}: it is a directory; expected a file path")
     directory = os.path.dirname(os.path.abspath(file))
@@ -107,21 +110,28 @@ def _write(fn: str, file: str, arrays: dict[str, np.ndarray], metadata: dict[str
         raise CheckpointError(f"{fn}: cannot write {file!r}: creating a temporary file in {directory!r} "
                               f"failed: {e.strerror or e}") from e
     try:
-        st.numpy.save_file(arrays, tmp, metadata=metadata)
+        writer(tmp)
         fd = os.open(tmp, os.O_RDWR)
         try:
-            os.fsync(fd)  # the data must be on disk before the rename makes it the checkpoint
+            os.fsync(fd)  # the data must be on disk before the rename makes it the file
         finally:
             os.close(fd)
         os.replace(tmp, file)
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(e, (OSError, st.SafetensorError)):
+        if isinstance(e, errors):
             raise CheckpointError(f"{fn}: writing {file!r} failed ({type(e).__name__}: {e}); "
                                   "an existing file at that path is unchanged") from e
         raise
     _fsync_dir(directory)
+
+
+def _write(fn: str, file: str, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write a safetensors file atomically."""
+    st = _safetensors()
+    write_atomic(file, lambda tmp: st.numpy.save_file(arrays, tmp, metadata=metadata), fn=fn,
+                 errors=(OSError, st.SafetensorError))
 
 
 def _fsync_dir(directory: str) -> None:
