@@ -14,6 +14,7 @@ import numpy as np
 
 from .dtypes import FLOATING, int64
 from .errors import DTypeError, ShapeError
+from .ops.sparse_ops import coalesce_rows
 from .tensor import Tensor, _make
 
 
@@ -35,10 +36,7 @@ class RowSparseGrad:
             raise ShapeError(f"RowSparseGrad: row index out of range for {shape[0]} rows")
         vals = values.data
         if idx.size > 1 and not np.all(idx[1:] > idx[:-1]):
-            uniq, inverse = np.unique(idx, return_inverse=True)
-            summed = np.zeros((uniq.size,) + vals.shape[1:], dtype=vals.dtype)
-            np.add.at(summed, inverse, vals)
-            idx, vals = uniq, summed
+            idx, vals, _ = coalesce_rows(np, idx, vals)
         self.indices = _make(idx, int64, indices.device)
         self.values = _make(vals, values.dtype, values.device)
         self.shape = shape
