@@ -45,3 +45,5 @@ int = int32
 
 from . import io, nn, optim, data
 from .io import load, save
+from . import graph
+from .graph import jit

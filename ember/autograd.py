@@ -463,6 +463,17 @@ def _accumulate(leaf: Tensor, g: Tensor, create_graph: bool, handed_out: set[int
     if leaf.grad is not None and not isinstance(leaf.grad, Tensor):  # a RowSparseGrad from a sparse lookup
         leaf.grad = leaf.grad + g
         return
+    if STATE.tracer is not None and not create_graph:
+        # Traced: the same values through ops, so the graph (not a copied array) holds the gradient; a
+        # .grad that already exists is accumulated into in place, so replays can keep writing into it.
+        STATE.tracer.note_grad(leaf)
+        if leaf.grad is None:
+            shared = id(g.data) in handed_out or g.data.base is not None or not g.data.flags.writeable
+            leaf.grad = g.clone() if shared else g
+            handed_out.add(id(leaf.grad.data))
+        else:
+            leaf.grad.add_(g)
+        return
     if not create_graph:
         data = g.data
         if (id(data) in handed_out or not data.flags.writeable or not data.flags.c_contiguous

@@ -1,4 +1,4 @@
-"""The ``ember`` command: ``ember train`` (the main job), ``ember info`` and ``ember demo``.
+"""The ``ember`` command: ``ember train`` (the main job), ``ember info``, ``ember demo`` and ``ember run``.
 
 ``main(argv)`` returns the exit status; the console script ``ember = "ember.cli:main"`` calls it.
 Subcommands plug in through ``_build_parser``.
@@ -306,6 +306,43 @@ def _add_train_parser(sub: Any) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+# ---------------------------------------------------------------------------------------------- run
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .distributed.launch import LaunchError, run
+
+    try:
+        return run(args.nprocs, args.script, args.args, hosts=args.hosts, servers=args.servers)
+    except LaunchError as e:
+        print(f"ember run: error: {str(e).removeprefix('ember run: ')}", file=sys.stderr)
+        return 2
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _add_run_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "run", help="run a script on N MPI processes (distributed training)",
+        description="Run `python SCRIPT ARGS...` on N MPI ranks with mpiexec (the one beside this Python, else "
+                    "the one on PATH). Inside the script, ember.distributed.init() joins the job. A rank that "
+                    "fails aborts the whole job. Exits with mpiexec's status.")
+    p.add_argument("-n", "--nprocs", type=_positive_int, required=True, metavar="N", help="number of processes")
+    p.add_argument("--hosts", default=None, metavar="H1,H2", help="comma-separated hosts to run on (mpiexec -hosts)")
+    p.add_argument("--servers", type=_nonnegative_int, default=None, metavar="S",
+                   help="make the last S ranks parameter servers (sets EMBER_PS_SERVERS=S)")
+    p.add_argument("script", help="the Python script every rank runs")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+    p.set_defaults(func=_cmd_run)
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 def _positive_int(text: str) -> int:
@@ -336,6 +373,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=600, help="SGD steps (default 600)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=_cmd_demo)
+    _add_run_parser(sub)
     return parser
 
 

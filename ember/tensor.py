@@ -30,6 +30,8 @@ def _make(data: Any, dtype: _dt.DType, device: Device, requires_grad: bool = Fal
     t._hooks = None
     t._post_hooks = None
     t._tangent = None
+    if STATE.tracer is not None:
+        STATE.tracer.on_make(t)
     return t
 
 
@@ -40,6 +42,11 @@ def _float_mode(a: np.ndarray) -> str:
         return "maxprec"
     finite = a[np.isfinite(a)] if a.size <= 1000 else a.ravel()[:1000]
     return "maxprec" if finite.size and np.all(finite == np.round(finite)) else "fixed"
+
+
+def _is_one(x: Any) -> bool:
+    """Whether a scale factor is the number 1 (a tensor factor, such as a traced learning rate, never is)."""
+    return not isinstance(x, Tensor) and x == 1
 
 
 def _concrete(what: str) -> None:
@@ -338,6 +345,8 @@ class Tensor:
                     "in-place operation on a view while recording gradients is not supported; "
                     "apply it to the base tensor or .clone() the view first")
             old = _make(self.data.copy(), self.dtype, self.device, self.requires_grad, self.grad_fn)
+            if STATE.tracer is not None:
+                STATE.tracer.alias(old, self)
             result = fn(old, *args, **kwargs)
         else:
             result = fn(self, *args, **kwargs)
@@ -352,6 +361,10 @@ class Tensor:
                                 "(an expanded/broadcast view); .clone() it first")
         if result.data is not self.data:
             np.copyto(self.data, result.data, casting="unsafe")
+        if STATE.tracer is not None:
+            if result.dtype is not self.dtype:
+                result = _ops.pointwise.cast(result, self.dtype)
+            STATE.tracer.assign(self, result)
         self._version[0] += 1
         if recording:
             self.grad_fn = result.grad_fn
@@ -359,10 +372,10 @@ class Tensor:
         return self
 
     def add_(self, other: Any, alpha: Any = 1) -> Tensor:
-        return self._inplace(_ops.pointwise.add, other if alpha == 1 else other * alpha)
+        return self._inplace(_ops.pointwise.add, other if _is_one(alpha) else other * alpha)
 
     def sub_(self, other: Any, alpha: Any = 1) -> Tensor:
-        return self._inplace(_ops.pointwise.sub, other if alpha == 1 else other * alpha)
+        return self._inplace(_ops.pointwise.sub, other if _is_one(alpha) else other * alpha)
 
     def mul_(self, other: Any) -> Tensor:
         return self._inplace(_ops.pointwise.mul, other)
@@ -396,10 +409,10 @@ class Tensor:
         return self.copy_(0)
 
     def addcmul_(self, a: Tensor, b: Tensor, value: Any = 1) -> Tensor:
-        return self.add_(a * b * value if value != 1 else a * b)
+        return self.add_(a * b if _is_one(value) else a * b * value)
 
     def addcdiv_(self, a: Tensor, b: Tensor, value: Any = 1) -> Tensor:
-        return self.add_(a / b * value if value != 1 else a / b)
+        return self.add_(a / b if _is_one(value) else a / b * value)
 
     def lerp_(self, end: Tensor, weight: Any) -> Tensor:
         return self.add_((end - self) * weight)

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import dtypes as _dt
-from ..autograd import no_grad
+from ..autograd import STATE, no_grad
 from ..device import to_device
 from ..errors import EmberError, ShapeError
 from ..tensor import Tensor
@@ -398,6 +398,8 @@ class Module:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         d = self.__dict__
+        if STATE.tracer is not None:
+            STATE.tracer.note_module(self)
         if d["_forward_pre_hooks"]:
             for hook in list(d["_forward_pre_hooks"].values()):
                 r = hook(self, args)

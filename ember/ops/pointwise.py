@@ -112,18 +112,22 @@ def _unary(name: str, kernel: Any, vjp: Any = None, c_expr: str | None = None, f
            save_inputs: bool = True, save_output: bool = False, out_dtype: _dt.DType | None = None,
            quiet: bool = False, linear: bool = False) -> Op:
     impl = _named_kernel(kernel, 1) if isinstance(kernel, str) else kernel
-    return Op(name, infer=_infer_map(name, 1, out_dtype, floating), impl=_quiet(impl) if quiet else impl, vjp=vjp,
-              c_expr=c_expr, save_inputs=save_inputs, save_output=save_output, elementwise=vjp is not None,
-              linear=linear)
+    op = Op(name, infer=_infer_map(name, 1, out_dtype, floating), impl=_quiet(impl) if quiet else impl, vjp=vjp,
+            c_expr=c_expr, save_inputs=save_inputs, save_output=save_output, elementwise=vjp is not None,
+            linear=linear)
+    op.ufunc = kernel if isinstance(kernel, str) else None
+    return op
 
 
 def _binary(name: str, kernel: Any, vjp: Any = None, c_expr: str | None = None, out_dtype: _dt.DType | None = None,
             save_inputs: bool = True, save_output: bool = False, quiet: bool = False,
             linear: bool = False) -> Op:
     impl = _named_kernel(kernel, 2) if isinstance(kernel, str) else kernel
-    return Op(name, infer=_infer_map(name, 2, out_dtype), impl=_quiet(impl) if quiet else impl, vjp=vjp,
-              c_expr=c_expr, save_inputs=save_inputs, save_output=save_output,
-              elementwise=vjp is not None and not linear, linear=linear)
+    op = Op(name, infer=_infer_map(name, 2, out_dtype), impl=_quiet(impl) if quiet else impl, vjp=vjp,
+            c_expr=c_expr, save_inputs=save_inputs, save_output=save_output,
+            elementwise=vjp is not None and not linear, linear=linear)
+    op.ufunc = kernel if isinstance(kernel, str) else None
+    return op
 
 
 def _zeros(g: Tensor) -> tuple:

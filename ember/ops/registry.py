@@ -52,6 +52,7 @@ class Op:
         self.linear = linear            # jointly linear in the differentiable inputs
         self.diff_args = diff_args      # which inputs can carry gradient (None: all)
         self.view = view                # output may alias input 0's memory (shares its version counter)
+        self.ufunc: str | None = None   # the NumPy ufunc that is the whole kernel (compiled mode writes out=)
         REGISTRY[name] = self
 
     @property

@@ -318,10 +318,37 @@ class Optimizer:
         if closure is not None:
             with enable_grad():
                 loss = closure()
+        tracer = STATE.tracer
         with no_grad():
-            for group in self.param_groups:
-                self._step_group(group)
+            for index, group in enumerate(self.param_groups):
+                if tracer is None:
+                    self._step_group(group)
+                else:
+                    self._traced_step_group(tracer, index, group)
         return loss
+
+    def _traced_step_group(self, tracer: Any, index: int, group: dict[str, Any]) -> None:
+        """Step ``group`` while tracing, with its learning rate as a live 0-d tensor that a compiled
+        replay refreshes from ``group["lr"]`` before every run, so a scheduler's changes take effect
+        without tracing again (every other hyperparameter is guarded: changing one retraces)."""
+        tracer.note_optimizer(self)
+        first = group["params"][0]
+        cache = self.__dict__.setdefault("_traced_lr", {})
+        lr_t = cache.get(index)
+        if lr_t is None or lr_t.dtype is not first.dtype:
+            lr_t = cache[index] = _make(np.array(group["lr"], dtype=first.dtype.np), first.dtype, first.device)
+        else:
+            lr_t.data[...] = group["lr"]
+
+        def sync() -> None:
+            lr_t.data[...] = self.param_groups[index]["lr"]
+        tracer.add_sync(sync)
+        lr = group["lr"]
+        group["lr"] = lr_t
+        try:
+            self._step_group(group)
+        finally:
+            group["lr"] = lr
 
     def _step_group(self, group: dict[str, Any]) -> None:
         raise NotImplementedError(f"{type(self).__name__} does not implement step()")
