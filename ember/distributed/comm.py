@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .. import dtypes as _dt
+from ..device import CPU
 from ..errors import DeviceError, DTypeError, EmberError, ShapeError
 from ..tensor import Tensor, _make
 
@@ -112,7 +113,6 @@ def _write_back(t: Tensor, buf: np.ndarray) -> None:
 
 
 def _wrap(a: np.ndarray, dtype: _dt.DType) -> Tensor:
-    from ..device import CPU
     return _make(a, dtype, CPU)
 
 
@@ -254,9 +254,12 @@ class Communicator:
         _check_tensor(name, t)
         _check_op(name, op, t)
         self._agree_tensor(name, t)
-        buf = _contig(t, copy=not inplace)
-        MPI = _mpi()
-        self.mpi.Allreduce(MPI.IN_PLACE, buf, _mpi_op(op))
+        if inplace:
+            buf = _contig(t, copy=False)
+            self.mpi.Allreduce(_mpi().IN_PLACE, buf, _mpi_op(op))
+        else:  # MPI reads the input and writes a fresh array: no separate copy
+            buf = np.empty(t.shape, dtype=t.dtype.np)
+            self.mpi.Allreduce(np.ascontiguousarray(t.data), buf, _mpi_op(op))
         if op == "mean":
             np.divide(buf, self.size, out=buf)
         if inplace:

@@ -18,6 +18,7 @@ How gradient synchronization works (``DistributedDataParallel``):
   by itself: pass ``find_unused_parameters=True`` (the graph is walked after each forward and unused
   parameters are counted ready right away), or call ``ddp.finish_gradient_sync()`` after backward. The
   next forward raises if a sync was left unfinished rather than let ranks silently diverge.
+* Row-sparse gradients (``Embedding(sparse=True)``) are all-reduced dense and come back dense.
 """
 
 from __future__ import annotations

@@ -75,6 +75,8 @@ class Tracer:
         self.optimizers: dict[int, Any] = {}
         self.grad_reads: dict[int, tuple[Tensor, Tensor]] = {}  # id(leaf) -> (leaf, its .grad read)
         self.grad_leaves: dict[int, Tensor] = {}
+        self.grad_none: dict[int, Tensor] = {}
+        self.grad_resets: set[int] = set()
         self.syncs: list[Callable[[], None]] = []
         self.merged = 0
 
@@ -153,10 +155,20 @@ class Tracer:
         self.optimizers[id(opt)] = opt
 
     def note_grad(self, leaf: Tensor) -> None:
-        """Autograd is about to accumulate into ``leaf.grad``: guard on the gradient it reads."""
-        self.grad_leaves[id(leaf)] = leaf
-        if leaf.grad is not None and id(leaf) not in self.grad_reads:
-            self.grad_reads[id(leaf)] = (leaf, leaf.grad)
+        """Autograd is about to accumulate into ``leaf.grad``: guard on the gradient it finds (the same
+        tensor, or None unless this trace itself reset it with ``zero_grad`` first)."""
+        key = id(leaf)
+        self.grad_leaves[key] = leaf
+        if key in self.grad_reads or key in self.grad_none:
+            return
+        if leaf.grad is not None:
+            self.grad_reads[key] = (leaf, leaf.grad)
+        elif key not in self.grad_resets:
+            self.grad_none[key] = leaf
+
+    def note_grad_reset(self, leaf: Tensor) -> None:
+        """``zero_grad`` ran on ``leaf`` inside the trace."""
+        self.grad_resets.add(id(leaf))
 
     def add_sync(self, fn: Callable[[], None]) -> None:
         """``fn`` refreshes a live tensor from Python state (a learning rate) before every run."""
@@ -304,7 +316,7 @@ def trace(fn: Callable, args: tuple, kwargs: dict, name: str) -> tuple[Trace, An
         if key in arg_storage or node.kind == "live":
             continue
         if type(t.data) is not np.ndarray and stable:
-            stable, why = False, "a 0-d result it keeps after the call is a NumPy scalar, which cannot be updated in place"
+            stable, why = False, "a 0-d result it keeps after the call is a NumPy scalar, which cannot be updated"
         if key in tracer.born and stable:
             stable, why = False, (f"it created a tensor of shape {t.shape} that is kept after the call (state made "
                                   "on a first call, such as an optimizer's moment buffers)")
@@ -355,6 +367,10 @@ def _guards(tracer: Tracer, leaves: list[Tensor]) -> tuple[list[Callable[[], boo
         guards.append(lambda leaf=leaf, g=g: leaf.grad is g)
     if tracer.grad_reads:
         text.append(f".grad of {len(tracer.grad_reads)} parameter(s) (accumulated into)")
+    for leaf in tracer.grad_none.values():
+        guards.append(lambda leaf=leaf: leaf.grad is None)
+    if tracer.grad_none:
+        text.append(f".grad of {len(tracer.grad_none)} parameter(s) is None")
     return guards, text
 
 

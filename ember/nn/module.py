@@ -264,14 +264,21 @@ class Module:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear every parameter's ``.grad`` (to None by default, as PyTorch 2 does)."""
+        tracer = STATE.tracer
         for p in self.parameters():
+            if tracer is not None:
+                tracer.note_grad_reset(p)
             if p.grad is None:
                 continue
             if set_to_none or not isinstance(p.grad, Tensor):
                 p.grad = None
             else:
                 p.grad = p.grad.detach()
-                p.grad.data[...] = 0
+                if tracer is not None:
+                    with no_grad():
+                        p.grad.zero_()
+                else:
+                    p.grad.data[...] = 0
 
     def apply(self, fn: Callable[[Module], Any]) -> Module:
         """Call ``fn`` on every submodule (children first) and on this module, like PyTorch."""
@@ -443,6 +450,15 @@ class Module:
         if len(lines) == 1 and not self._modules:
             return f"{type(self).__name__}({lines[0]})"
         return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
+    def compile(self, memory_budget: int | None = None) -> Any:
+        """This module's call compiled with ``ember.jit``: traced per input signature, replayed after.
+
+        Returns the compiled callable (the module itself is unchanged). Its outputs carry no autograd
+        history; to train compiled, jit the whole step (forward, backward, optimizer) instead.
+        """
+        from ..graph import jit
+        return jit(self, memory_budget=memory_budget, name=type(self).__name__)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """The number of scalar parameters (each shared parameter counted once)."""

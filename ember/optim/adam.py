@@ -155,6 +155,7 @@ class SparseAdam(Optimizer):
             if g is None:
                 continue
             if not is_sparse(g):
+                self._sparse_untraceable()
                 raise TypeError(f"SparseAdam: {_describe(p, i)} has a dense gradient; SparseAdam supports only "
                                 "row-sparse gradients (Embedding(sparse=True)), use Adam for the other parameters")
             self._sparse_untraceable()

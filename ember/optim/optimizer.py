@@ -296,8 +296,11 @@ class Optimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the gradients: drop them (default), or zero them in place with ``set_to_none=False``."""
+        tracer = STATE.tracer
         for group in self.param_groups:
             for p in group["params"]:
+                if tracer is not None:
+                    tracer.note_grad_reset(p)
                 g = p.grad
                 if g is None:
                     continue

@@ -22,7 +22,7 @@ import numpy as np
 
 from ... import dtypes as _dt
 from ...autograd import STATE, no_grad
-from ...errors import DTypeError, EmberIndexError, ShapeError
+from ...errors import DTypeError, EmberIndexError, ShapeError, TraceError
 from ...ops import movement as _mov
 from ...ops import reduce as _red
 from ...ops.creation import tensor as _tensor
@@ -254,8 +254,8 @@ def _embedding_bag(name: str, input: Any, weight: Tensor, offsets: Any, max_norm
     if mode not in _MODES:
         raise ValueError(f"{name}: mode must be one of {_MODES}, got {mode!r}")
     if STATE.tracer is not None:
-        raise NotImplementedError(f"{name}: bags depend on the offsets' values, so embedding_bag cannot be traced "
-                                  "yet; run it eagerly")
+        return _traced_bags(name, ids, weight, offsets, max_norm, mode, per_sample_weights, padding_idx,
+                            scale_grad_by_freq)
     pad = _padding(name, padding_idx, num)
     flat, off = _bags(name, ids, offsets, include_last_offset)
     n_used = flat.shape[0]
@@ -323,6 +323,27 @@ def _embedding_bag(name: str, input: Any, weight: Tensor, offsets: Any, max_norm
         inv = (1.0 / np.maximum(lengths, 1)).astype(out.dtype.np)[:, None]
         out = out * _make(inv, out.dtype, out.device)
     return out
+
+
+def _traced_bags(name: str, ids: Tensor, weight: Tensor, offsets: Any, max_norm: float | None, mode: str,
+                 per_sample_weights: Tensor | None, padding_idx: int | None, scale_grad_by_freq: bool) -> Tensor:
+    """Fixed-size bags (2-D ids, no offsets), whose structure depends on shapes only, as graph ops: a row
+    gather, then a sum, mean or max over each bag. Anything value-dependent cannot be traced."""
+    if ids.ndim != 2 or offsets is not None or padding_idx is not None or max_norm is not None or scale_grad_by_freq:
+        raise TraceError(f"{name}: only fixed-size bags (2-D input, no offsets, padding_idx, max_norm or "
+                         "scale_grad_by_freq) can be traced: other bags depend on the values of the ids or offsets; "
+                         "run the lookup eagerly, outside the compiled function")
+    b, size = ids.shape
+    dim = weight.shape[1]
+    rows = _mov.reshape(embed_rows(weight, _mov.reshape(ids, (b * size,))), (b, size, dim))
+    if per_sample_weights is not None:
+        if mode != "sum" or per_sample_weights.shape != ids.shape:
+            raise ValueError(f"{name}: per_sample_weights need mode='sum' and the input's shape {ids.shape}")
+        rows = rows * _mov.unsqueeze(per_sample_weights.to(rows.dtype), 2)
+    if mode == "max":
+        return _red.amax(rows, 1)
+    out = _red.sum(rows, 1)
+    return out * (1.0 / size) if mode == "mean" and size else out
 
 
 def _bag_max(rows: Tensor, off: np.ndarray, lengths: np.ndarray, b: int, dim: int) -> Tensor:
