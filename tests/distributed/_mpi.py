@@ -35,7 +35,7 @@ def run_ranks(n: int, script: str, tmp_path: Path, *args: str, timeout: float = 
     path.write_text(textwrap.dedent(script))
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                 **(env or {})}
-    cmd = [mpiexec(), "-n", str(n), sys.executable, str(path), *args]
+    cmd = [mpiexec(), "-n", str(n), sys.executable, "-m", "mpi4py", str(path), *args]  # a failing rank aborts all
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=tmp_path)
     if check and proc.returncode != 0:
         pytest.fail(f"{n} ranks exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")

@@ -226,8 +226,8 @@ def test_static_arguments_are_part_of_the_key() -> None:
 
 
 def test_gradient_accumulation_reads_the_live_grad() -> None:
-    model, opt, _ = _tiny()
-    ref, ref_opt, _ = _tiny()
+    model, _opt, _ = _tiny()
+    ref, _ref_opt, _ = _tiny()
 
     def accumulate(m):
         def step(x, y):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ...runtime.memory import alias_roots, last_uses
+from ...runtime.memory import alias_roots, last_uses, plan_memory
 from ..ir import Graph, Node, is_effectful
 
 NAME = "remat"
@@ -33,9 +33,12 @@ def cost(n: Node) -> float:
 
 
 def timeline(graph: Graph, roots: list[Node], last: list[int]) -> np.ndarray:
+    """Bytes of intermediates alive at each step (outputs and state values, which live in tensors the
+    caller holds, are not intermediates)."""
     t = np.zeros(len(graph.nodes) + 1, np.int64)
+    held = {v.id for v in graph.roots()}
     for n in graph.nodes:
-        if n.kind == "op" and not n.is_view:
+        if n.kind == "op" and not n.is_view and n.id not in held:
             t[n.id:last[n.id] + 1] += n.nbytes
     return t
 
@@ -50,6 +53,29 @@ def run(graph: Graph, ctx: Any) -> tuple[Graph, list[str]]:
     recomputed: dict[str, int] = {}
     extra = 0.0
     peak = start_peak
+    target = budget
+    for _ in range(3):  # the arena adds fragmentation to the live bytes: aim lower until the plan fits
+        graph, peak, extra = _reduce(graph, target, recomputed, extra)
+        planned = plan_memory(graph).planned_peak_bytes
+        if planned <= budget or peak > target:
+            break
+        target -= planned - budget
+    ctx.notes["remat"] = {"peak_before": start_peak, "peak_after": peak, "extra_flops": extra,
+                          "recomputed": sum(recomputed.values())}
+    if not recomputed:
+        return graph, [f"budget {budget} B; peak {start_peak} B; nothing recomputed"
+                       + ("" if start_peak <= budget else " (no candidate: the budget is not met)")]
+    met = "met" if planned <= budget else "NOT met (no further candidate)"
+    return graph, [f"budget {budget / 2**20:.2f} MiB {met}: peak of live intermediates "
+                   f"{start_peak / 2**20:.2f} -> {peak / 2**20:.2f} MiB, planned {planned / 2**20:.2f} MiB",
+                   f"recomputed {sum(recomputed.values())} value(s) ("
+                   + ", ".join(f"{k} x{v}" for k, v in sorted(recomputed.items()))
+                   + f"), {extra / 1e6:.1f} MFLOP extra per call"]
+
+
+def _reduce(graph: Graph, budget: int, recomputed: dict[str, int], extra: float) -> tuple[Graph, int, float]:
+    """Recompute values until the live intermediates fit ``budget`` or no candidate is left."""
+    peak = 0
     for _ in range(MAX_STEPS):
         roots = alias_roots(graph)
         last = last_uses(graph, roots)
@@ -61,57 +87,83 @@ def run(graph: Graph, ctx: Any) -> tuple[Graph, list[str]]:
         pick = _choose(graph, roots, last, peak_at)
         if pick is None:
             break
-        r, u = pick
-        recomputed[r.op.name] = recomputed.get(r.op.name, 0) + 1
-        extra += cost(r)
-        graph = _recompute_before(graph, r, u)
-    ctx.notes["remat"] = {"peak_before": start_peak, "peak_after": peak, "extra_flops": extra,
-                          "recomputed": sum(recomputed.values())}
-    if not recomputed:
-        return graph, [f"budget {budget} B; peak {start_peak} B; nothing recomputed"
-                       + ("" if start_peak <= budget else " (no candidate: the budget is not met)")]
-    met = "met" if peak <= budget else "NOT met (no further candidate)"
-    return graph, [f"budget {budget / 2**20:.2f} MiB {met}: peak of live intermediates "
-                   f"{start_peak / 2**20:.2f} -> {peak / 2**20:.2f} MiB",
-                   f"recomputed {sum(recomputed.values())} value(s) ("
-                   + ", ".join(f"{k} x{v}" for k, v in sorted(recomputed.items()))
-                   + f"), {extra / 1e6:.1f} MFLOP extra per call"]
+        _r, u, recipe = pick
+        for x in recipe:
+            if not x.is_view:
+                recomputed[x.op.name] = recomputed.get(x.op.name, 0) + 1
+                extra += cost(x)
+        graph = _recompute_before(graph, u, recipe)
+    return graph, peak, extra
 
 
-def _choose(graph: Graph, roots: list[Node], last: list[int], peak_at: int) -> tuple[Node, Node] | None:
+MAX_DEPTH = 6
+
+
+def _recipe(r: Node, u: Node, roots: list[Node], last: list[int]) -> list[Node] | None:
+    """The nodes to recompute (inputs first) so that ``r`` is available again at step ``u``: its inputs
+    that are still alive at ``u`` are read as they are, the others are recomputed in turn (up to
+    ``MAX_DEPTH`` levels); None when some input cannot be had (a random draw, too deep)."""
+    order: list[Node] = []
+    seen: set[int] = set()
+    stack: list[tuple[Node, int, bool]] = [(r, 0, False)]
+    while stack:
+        n, depth, expanded = stack.pop()
+        if n.id in seen:
+            continue
+        if expanded:
+            seen.add(n.id)
+            order.append(n)
+            continue
+        if depth > MAX_DEPTH or is_effectful(n.op, n.attrs):
+            return None
+        stack.append((n, depth, True))
+        for i in n.inputs:
+            if i.kind != "op" or last[roots[i.id].id] >= u.id or i.id in seen:
+                continue
+            stack.append((i, depth + 1, False))
+    return order
+
+
+def _choose(graph: Graph, roots: list[Node], last: list[int], peak_at: int) -> tuple[Node, Node, list[Node]] | None:
+    """The buffer (a value with its views) alive at the peak that frees the most bytes per FLOP of
+    recomputation: (value, its first later reader, the nodes to recompute in order)."""
     users: dict[int, list[Node]] = {}
+    members: dict[int, list[Node]] = {}
     for n in graph.nodes:
+        members.setdefault(roots[n.id].id, []).append(n)
         for i in n.inputs:
             users.setdefault(i.id, []).append(n)
     protected = {v.id for v in graph.roots()}
     best, best_score = None, 0.0
     for r in graph.nodes:
-        if (r.kind != "op" or r.is_view or r.id >= peak_at or last[r.id] <= peak_at or r.id in protected
+        if (r.kind != "op" or r.is_view or r.id >= peak_at or last[r.id] <= peak_at
                 or is_effectful(r.op, r.attrs)):
             continue
-        direct = users.get(r.id, [])
-        if any(u.id == peak_at for u in direct):
+        group = members[r.id]
+        if any(m.id in protected for m in group):
             continue
-        # Reads through views of r must all be before the peak (they pin r's memory otherwise).
-        if any(roots[v.id] is r and v is not r and any(x.id > peak_at for x in users.get(v.id, []))
-               for v in direct if v.is_view):
+        reads = [u for m in group for u in users.get(m.id, [])]
+        if any(u.id == peak_at for u in reads):
             continue
-        later = [u for u in direct if u.id > peak_at]
+        later = [u for u in reads if u.id > peak_at]
         if not later:
             continue
         u = min(later, key=lambda x: x.id)
-        if not all(i.kind != "op" or last[roots[i.id].id] >= u.id for i in r.inputs):
+        recipe = _recipe(r, u, roots, last)
+        if recipe is None:
             continue
-        score = r.nbytes / (1.0 + cost(r))
+        recipe = recipe + [m for m in group if m is not r and m.id < u.id]  # its views, re-taken (free)
+        score = r.nbytes / (1.0 + sum(cost(n) for n in recipe))
         if score > best_score:
-            best, best_score = (r, u), score
+            best, best_score = (r, u, recipe), score
     return best
 
 
-def _recompute_before(graph: Graph, r: Node, u: Node) -> Graph:
+def _recompute_before(graph: Graph, u: Node, recipe: list[Node]) -> Graph:
     def before(g: Graph, n: Node, m: dict) -> None:
         if n.id == u.id:
-            clone = g.make(r.op, tuple(m[i.id] for i in r.inputs), r.attrs, r.shape, r.dtype, r.device, fresh=True)
-            m[r.id] = clone
+            for x in recipe:
+                m[x.id] = g.make(x.op, tuple(m[i.id] for i in x.inputs), x.attrs, x.shape, x.dtype, x.device,
+                                 fresh=True)
     new, _ = graph.rebuild(before=before)
     return new
