@@ -19,6 +19,7 @@ from ..ir import Graph, Node, is_effectful
 
 NAME = "remat"
 MAX_STEPS = 400
+TRIES = 4  # candidates tried per step before giving up
 
 
 def cost(n: Node) -> float:
@@ -84,15 +85,21 @@ def _reduce(graph: Graph, budget: int, recomputed: dict[str, int], extra: float)
         peak = int(t[peak_at])
         if peak <= budget:
             break
-        pick = _choose(graph, roots, last, peak_at)
-        if pick is None:
-            break
-        _r, u, recipe = pick
+        at_peak = int((t == peak).sum())
+        for _r, u, recipe in _candidates(graph, roots, last, peak_at)[:TRIES]:
+            trial = _recompute_before(graph, u, recipe)
+            t_roots = alias_roots(trial)
+            tt = timeline(trial, t_roots, last_uses(trial, t_roots))
+            new_peak = int(tt.max())
+            if new_peak < peak or (new_peak == peak and int((tt == peak).sum()) < at_peak):
+                break  # this recomputation lowers the peak (or shortens it): keep it
+        else:
+            break  # no candidate lowers the peak any more
         for x in recipe:
             if not x.is_view:
                 recomputed[x.op.name] = recomputed.get(x.op.name, 0) + 1
                 extra += cost(x)
-        graph = _recompute_before(graph, u, recipe)
+        graph = trial
     return graph, peak, extra
 
 
@@ -124,9 +131,10 @@ def _recipe(r: Node, u: Node, roots: list[Node], last: list[int]) -> list[Node] 
     return order
 
 
-def _choose(graph: Graph, roots: list[Node], last: list[int], peak_at: int) -> tuple[Node, Node, list[Node]] | None:
-    """The buffer (a value with its views) alive at the peak that frees the most bytes per FLOP of
-    recomputation: (value, its first later reader, the nodes to recompute in order)."""
+def _candidates(graph: Graph, roots: list[Node], last: list[int], peak_at: int) -> list[tuple[Node, Node, list[Node]]]:
+    """Buffers (a value with its views) alive at the peak that could be recomputed for a later reader,
+    most bytes freed per FLOP of recomputation first: (value, its first later reader, the nodes to
+    recompute in order)."""
     users: dict[int, list[Node]] = {}
     members: dict[int, list[Node]] = {}
     for n in graph.nodes:
@@ -134,7 +142,7 @@ def _choose(graph: Graph, roots: list[Node], last: list[int], peak_at: int) -> t
         for i in n.inputs:
             users.setdefault(i.id, []).append(n)
     protected = {v.id for v in graph.roots()}
-    best, best_score = None, 0.0
+    found: list[tuple[float, int, tuple[Node, Node, list[Node]]]] = []
     for r in graph.nodes:
         if (r.kind != "op" or r.is_view or r.id >= peak_at or last[r.id] <= peak_at
                 or is_effectful(r.op, r.attrs)):
@@ -154,9 +162,9 @@ def _choose(graph: Graph, roots: list[Node], last: list[int], peak_at: int) -> t
             continue
         recipe = recipe + [m for m in group if m is not r and m.id < u.id]  # its views, re-taken (free)
         score = r.nbytes / (1.0 + sum(cost(n) for n in recipe))
-        if score > best_score:
-            best, best_score = (r, u, recipe), score
-    return best
+        found.append((-score, r.id, (r, u, recipe)))
+    found.sort(key=lambda f: (f[0], f[1]))
+    return [f[2] for f in found]
 
 
 def _recompute_before(graph: Graph, u: Node, recipe: list[Node]) -> Graph:
