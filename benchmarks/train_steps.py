@@ -1,4 +1,5 @@
-"""Training steps of the four standard workloads: Ember eager vs PyTorch eager, side by side.
+"""Training steps of the four standard workloads: Ember eager, Ember compiled (``ember.jit``) and PyTorch
+eager, side by side.
 
 A step is ``zero_grad``, forward, loss, ``backward`` and the optimizer's ``step``: the whole inner loop
 of training. Each workload is built twice from the same description, once with ``ember.nn``/``ember.optim``
@@ -15,6 +16,11 @@ child process (Ember and PyTorch never share one: their thread pools spin-wait a
     ctr  26 sparse fields, each an EmbeddingBag of 100k x 16 with sparse gradients (SparseAdam), 13 dense
          features, concat (429) -> MLP 429-512-256-1, BCEWithLogits, Adam for the MLP, batch 2048
                                                                                 target: <= 2x
+    mlp16  the MLP at batch 16, where per-op overhead matters                  target: <= 1.25x
+
+Compiled Ember jits the whole step (``ember.jit``: forward, backward, optimizer) and replays it; for the
+CTR model the sparse embedding lookups and SparseAdam stay eager (row-sparse gradients are not traced)
+and the dense part is compiled, its input's gradient handed back to the eager embedding backward.
 
     python benchmarks/train_steps.py                    # all four, 2 rounds (about a minute and a half)
     python benchmarks/train_steps.py --only gpt         # one workload
@@ -45,8 +51,9 @@ sys.path.insert(0, str(ROOT))  # run from a source checkout without installing E
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _harness, also when loaded by file path
 from _harness import fmt, load_library, ratio_and_status, run_worker  # noqa: E402
 
-WORKLOADS = ("mlp", "cnn", "gpt", "ctr")
-TARGETS = {"mlp": 1.25, "cnn": 2.0, "gpt": 2.0, "ctr": 2.0}
+WORKLOADS = ("mlp", "cnn", "gpt", "ctr", "mlp16")
+TARGETS = {"mlp": 1.25, "cnn": 2.0, "gpt": 2.0, "ctr": 2.0, "mlp16": 1.25}
+LIBRARIES = ("ember", "ember-jit", "torch")
 
 FULL: dict[str, dict[str, Any]] = {
     "mlp": {"sizes": (784, 1024, 1024, 10), "batch": 256, "lr": 0.01, "warmup": 5, "steps": 30},
@@ -55,12 +62,14 @@ FULL: dict[str, dict[str, Any]] = {
             "warmup": 2, "steps": 10},
     "ctr": {"fields": 26, "rows": 100_000, "dim": 16, "dense": 13, "hidden": (512, 256), "batch": 2048,
             "lr": 1e-3, "warmup": 3, "steps": 20},
+    "mlp16": {"sizes": (784, 1024, 1024, 10), "batch": 16, "lr": 0.01, "warmup": 5, "steps": 50},
 }
 QUICK: dict[str, dict[str, Any]] = {  # smaller and few steps: a smoke test, not a measurement
     "mlp": {**FULL["mlp"], "batch": 64, "warmup": 1, "steps": 3},
     "cnn": {**FULL["cnn"], "batch": 16, "warmup": 1, "steps": 3},
     "gpt": {**FULL["gpt"], "vocab": 256, "d_model": 64, "n_layer": 2, "seq": 32, "batch": 4, "warmup": 1, "steps": 3},
     "ctr": {**FULL["ctr"], "rows": 1000, "batch": 256, "warmup": 1, "steps": 3},
+    "mlp16": {**FULL["mlp16"], "warmup": 3, "steps": 3},
 }
 NO_TORCH = ("disabled by --no-torch", "not installed")  # why the torch column reads n/a
 NUM_BATCHES = 4  # distinct batches, cycled through (the sparse rows touched differ from step to step)
@@ -68,7 +77,7 @@ NUM_BATCHES = 4  # distinct batches, cycled through (the sparse rows touched dif
 
 def describe(name: str, c: dict[str, Any]) -> str:
     """The row label of a workload at the sizes ``c``."""
-    if name == "mlp":
+    if name in ("mlp", "mlp16"):
         return f"MLP {'-'.join(map(str, c['sizes']))} b{c['batch']} SGD"
     if name == "cnn":
         return f"CNN 2conv+2fc b{c['batch']} Adam"
@@ -85,7 +94,7 @@ def make_batches(name: str, c: dict[str, Any], seed: int = 0) -> list[tuple[np.n
     out = []
     for _ in range(NUM_BATCHES):
         b = c["batch"]
-        if name == "mlp":
+        if name in ("mlp", "mlp16"):
             out.append((rng.standard_normal((b, c["sizes"][0]), dtype=np.float32), rng.integers(0, 10, b)))
         elif name == "cnn":
             out.append((rng.random((b, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, b)))
@@ -235,19 +244,20 @@ def build_ctr(lib: Any, c: dict[str, Any]) -> tuple[Any, Any, Callable]:
     return model, [sparse, dense_opt], nn.BCEWithLogitsLoss()
 
 
-BUILDERS = {"mlp": build_mlp, "cnn": build_cnn, "gpt": build_gpt, "ctr": build_ctr}
+BUILDERS = {"mlp": build_mlp, "cnn": build_cnn, "gpt": build_gpt, "ctr": build_ctr, "mlp16": build_mlp}
 
 
-def make_step(lib: Any, name: str, c: dict[str, Any], seed: int = 0) -> tuple[Callable[[int], Any], int]:
-    """``(step, parameter count)``; ``step(i)`` runs one training step on batch ``i % NUM_BATCHES``."""
+def make_step(lib: Any, name: str, c: dict[str, Any], seed: int = 0,
+              compiled: bool = False) -> tuple[Callable[[int], Any], int]:
+    """``(step, parameter count)``; ``step(i)`` runs one training step on batch ``i % NUM_BATCHES``
+    (with ``compiled``, through ``ember.jit``)."""
     lib.manual_seed(seed)
     model, opts, loss_fn = BUILDERS[name](lib, c)
     model.train()
     batches = [tuple(lib.from_numpy(a) for a in b) for b in make_batches(name, c, seed)]
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
-    def step(i: int) -> Any:
-        batch = batches[i % NUM_BATCHES]
+    def inner(*batch: Any) -> Any:
         for opt in opts:
             opt.zero_grad()
         if name == "gpt":
@@ -261,7 +271,38 @@ def make_step(lib: Any, name: str, c: dict[str, Any], seed: int = 0) -> tuple[Ca
             opt.step()
         return loss
 
-    return step, n_params
+    if compiled and name == "ctr":
+        return _compiled_ctr(lib, model, opts, loss_fn, batches), n_params
+    if compiled:
+        fn = lib.jit(lambda *batch: inner(*batch).detach(), name=f"{name}_step")
+        return (lambda i: fn(*batches[i % NUM_BATCHES])), n_params
+    return (lambda i: inner(*batches[i % NUM_BATCHES])), n_params
+
+
+def _compiled_ctr(lib: Any, model: Any, opts: list, loss_fn: Callable, batches: list) -> Callable[[int], Any]:
+    """The CTR step with its dense part compiled: sparse lookups and SparseAdam eager around it."""
+    sparse_opt, dense_opt = opts
+
+    def dense_part(feats: Any, labels: Any) -> Any:
+        dense_opt.zero_grad()
+        loss = loss_fn(model.mlp(feats).reshape(-1), labels)
+        loss.backward()
+        dense_opt.step()
+        return loss.detach(), feats.grad
+
+    fn = lib.jit(dense_part, name="ctr_dense_step")
+
+    def step(i: int) -> Any:
+        ids, dense, labels = batches[i % NUM_BATCHES]
+        sparse_opt.zero_grad()
+        parts = [emb(ids[:, f:f + 1]) for f, emb in enumerate(model.embeddings)]
+        feats = lib.cat(parts + [dense], dim=1)
+        loss, grad = fn(feats.detach().requires_grad_(), labels)
+        feats.backward(grad)
+        sparse_opt.step()
+        return loss
+
+    return step
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -269,21 +310,23 @@ def make_step(lib: Any, name: str, c: dict[str, Any], seed: int = 0) -> tuple[Ca
 def _worker(lib_name: str, name: str, quick: bool, threads: int | None) -> dict[str, Any]:
     """Time one workload in one library, in this process."""
     c = (QUICK if quick else FULL)[name]
-    if lib_name == "ember":
+    compiled = lib_name == "ember-jit"
+    if lib_name.startswith("ember"):
         import ember.nn
         import ember.optim  # noqa: F401
-    lib, info = load_library(lib_name, threads)
+    lib, info = load_library("ember" if compiled else lib_name, threads)
     start = time.perf_counter()
-    step, n_params = make_step(lib, name, c)
+    step, n_params = make_step(lib, name, c, compiled=compiled)
     build_s = time.perf_counter() - start
     losses = []
-    for i in range(c["warmup"]):
+    warmup = max(c["warmup"], 3) if compiled else c["warmup"]  # a compiled step replays from its third call
+    for i in range(warmup):
         losses.append(float(step(i).item()))
     times = []
     enabled = gc.isenabled()
     gc.disable()  # as timeit does; collected between steps instead
     try:
-        for i in range(c["warmup"], c["warmup"] + c["steps"]):
+        for i in range(warmup, warmup + c["steps"]):
             t0 = time.perf_counter()
             loss = step(i)
             times.append(time.perf_counter() - t0)
@@ -293,7 +336,7 @@ def _worker(lib_name: str, name: str, quick: bool, threads: int | None) -> dict[
         if enabled:
             gc.enable()
     return {"info": info, "ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3,
-            "steps": len(times), "warmup": c["warmup"], "params": n_params, "build_s": build_s,
+            "steps": len(times), "warmup": warmup, "params": n_params, "build_s": build_s,
             "first_loss": losses[0], "last_loss": losses[-1]}
 
 
@@ -323,13 +366,13 @@ def run(names: list[str], quick: bool = False, use_torch: bool = True, threads: 
         row: dict[str, Any] = {"workload": name, "label": describe(name, c), "target": TARGETS[name],
                                "config": {k: v for k, v in c.items() if k not in ("warmup", "steps")}}
         for rnd in range(rounds):
-            for lib_name in ("ember", "torch"):
+            for lib_name in LIBRARIES:
                 if lib_name == "torch" and torch_note is not None:
                     row["torch"], row["torch_error"] = None, torch_note
                     continue
                 if log:
                     log(f"  {name}: {lib_name}" + (f" (round {rnd + 1}/{rounds})" if rounds > 1 else "") + " ...")
-                res, err = _run_worker(lib_name, name, quick, threads if lib_name == "ember" else
+                res, err = _run_worker(lib_name, name, quick, threads if lib_name != "torch" else
                                        threads or meta["numpy_blas_threads"] or os.cpu_count())
                 if res is None:
                     row.setdefault(lib_name, None)
@@ -341,15 +384,18 @@ def run(names: list[str], quick: bool = False, use_torch: bool = True, threads: 
                 else:
                     row[lib_name]["round_ms"] = res["round_ms"]
                 row.setdefault(f"{lib_name}_error", None)
-                meta[lib_name] = res["info"]["version"]
+                meta[lib_name.replace("-jit", "")] = res["info"]["version"]
                 if lib_name == "ember":
                     meta["numpy_blas_threads"], meta["blas"] = res["info"]["threads"], res["info"]["blas"]
                 else:
                     meta["torch_threads"] = res["info"]["threads"]
-        e, t = row.get("ember"), row.get("torch")
+        e, j, t = row.get("ember"), row.get("ember-jit"), row.get("torch")
         row["ember_ms"] = e["ms"] if e else None
+        row["jit_ms"] = j["ms"] if j else None
         row["torch_ms"] = t["ms"] if t else None
         row["ratio"], row["status"] = ratio_and_status(row["ember_ms"], row["torch_ms"], row["target"])
+        row["jit_ratio"], row["jit_status"] = ratio_and_status(row["jit_ms"], row["torch_ms"], 1.0)
+        row["jit_vs_eager"] = row["jit_ms"] / row["ember_ms"] if row["jit_ms"] and row["ember_ms"] else None
         rows.append(row)
     return {"meta": meta, "rows": rows}
 
@@ -361,7 +407,7 @@ def format_table(result: dict[str, Any]) -> str:
     blas = meta["blas"] or {}
     torch_text = meta["torch"] or f"n/a ({meta['torch_note'] or 'failed'})"
     lines = [
-        f"Ember {meta['ember'] or 'n/a'} training steps (eager)   NumPy {meta['numpy']}   PyTorch {torch_text}   "
+        f"Ember {meta['ember'] or 'n/a'} training steps (eager and compiled)   NumPy {meta['numpy']}   PyTorch {torch_text}   "
         f"Python {meta['python']}   {meta['cpus']} CPUs",
         f"BLAS: {blas.get('name') or 'unknown'} {blas.get('version') or ''}   threads: NumPy BLAS "
         f"{fmt(meta['numpy_blas_threads'], 'd')}, torch {fmt(meta['torch_threads'], 'd')}"
@@ -369,8 +415,8 @@ def format_table(result: dict[str, Any]) -> str:
         "",
     ]
     w = 30
-    header = (f"{'workload':<{w}} | {'ember ms/step':>13} | {'torch ms/step':>13} | {'ratio':>6} | {'target':>6} | "
-              "pass/miss")
+    header = (f"{'workload':<{w}} | {'ember ms/step':>13} | {'jit ms/step':>11} | {'torch ms/step':>13} | "
+              f"{'ratio':>6} | {'target':>6} | {'pass/miss':>9} | {'jit/eager':>9} | {'jit/torch':>9}")
     rule = "-" * len(header)
     lines += [header, rule]
     notes = []
@@ -378,15 +424,17 @@ def format_table(result: dict[str, Any]) -> str:
         ember_txt = fmt(r["ember_ms"], "13.2f") if r["ember_ms"] is not None else "failed"
         torch_txt = fmt(r["torch_ms"], "13.2f") if r["torch_ms"] is not None else (
             "n/a" if r.get("torch_error") in NO_TORCH else "failed")
-        lines.append(f"{r['label']:<{w}} | {ember_txt:>13} | {torch_txt:>13} | {fmt(r['ratio'], '6.2f'):>6} | "
-                     f"{'<=' + format(r['target'], 'g') + 'x':>6} | {r['status']}")
+        jit_txt = fmt(r.get("jit_ms"), "11.2f") if r.get("jit_ms") is not None else "failed"
+        lines.append(f"{r['label']:<{w}} | {ember_txt:>13} | {jit_txt:>11} | {torch_txt:>13} | "
+                     f"{fmt(r['ratio'], '6.2f'):>6} | {'<=' + format(r['target'], 'g') + 'x':>6} | {r['status']:>9} | "
+                     f"{fmt(r.get('jit_vs_eager'), '9.2f'):>9} | {fmt(r.get('jit_ratio'), '9.2f'):>9}")
         e, t = r.get("ember"), r.get("torch")
         params = f"params ember {e['params']:,}" if e else "params ember n/a"
         params += f", torch {t['params']:,}" if t else ""
         loss = f"loss ember {e['first_loss']:.3f}->{e['last_loss']:.3f}" if e else ""
         loss += f", torch {t['first_loss']:.3f}->{t['last_loss']:.3f}" if t else ""
         notes.append(f"  {r['workload']}: {params}; {loss}".rstrip("; "))
-        for lib_name in ("ember", "torch"):
+        for lib_name in LIBRARIES:
             err = r.get(f"{lib_name}_error")
             if err and err not in NO_TORCH:
                 notes.append(f"  {r['workload']}: {lib_name} failed: {err}")
@@ -395,7 +443,8 @@ def format_table(result: dict[str, Any]) -> str:
     lines += [rule, *notes, "",
               "ms/step = median over the timed steps of zero_grad + forward + loss + backward + optimizer step",
               f"(best of {meta['rounds']} round(s), each library in its own child process, taking turns);",
-              "ratio = ember / torch (lower is better); targets are reported, not asserted."]
+              "ratio = ember eager / torch (its target is eager's); jit/eager and jit/torch compare the compiled",
+              "step (ember.jit, traced on the warm-up steps); lower is better; targets are reported, not asserted."]
     return "\n".join(lines)
 
 
@@ -411,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
                         "1 with --quick): a busy moment of a shared machine then hits one round, not the result")
     p.add_argument("--threads", type=int, metavar="N",
                    help="NumPy's BLAS threads and torch's intra-op threads (default: torch gets NumPy's count)")
-    p.add_argument("--worker", choices=("ember", "torch"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=LIBRARIES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be at least 1, got {args.threads}")

@@ -157,6 +157,9 @@ class Tracer:
     def note_grad(self, leaf: Tensor) -> None:
         """Autograd is about to accumulate into ``leaf.grad``: guard on the gradient it finds (the same
         tensor, or None unless this trace itself reset it with ``zero_grad`` first)."""
+        node = self.storage.get(id(leaf.data))
+        if node is not None and node.kind == "input":
+            return  # an argument's .grad belongs to that call's tensor: return it to use it
         key = id(leaf)
         self.grad_leaves[key] = leaf
         if key in self.grad_reads or key in self.grad_none:
