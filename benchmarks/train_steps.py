@@ -407,7 +407,8 @@ def format_table(result: dict[str, Any]) -> str:
     blas = meta["blas"] or {}
     torch_text = meta["torch"] or f"n/a ({meta['torch_note'] or 'failed'})"
     lines = [
-        f"Ember {meta['ember'] or 'n/a'} training steps (eager and compiled)   NumPy {meta['numpy']}   PyTorch {torch_text}   "
+        f"Ember {meta['ember'] or 'n/a'} training steps (eager and compiled)   NumPy {meta['numpy']}   "
+        f"PyTorch {torch_text}   "
         f"Python {meta['python']}   {meta['cpus']} CPUs",
         f"BLAS: {blas.get('name') or 'unknown'} {blas.get('version') or ''}   threads: NumPy BLAS "
         f"{fmt(meta['numpy_blas_threads'], 'd')}, torch {fmt(meta['torch_threads'], 'd')}"
