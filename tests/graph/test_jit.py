@@ -325,3 +325,22 @@ def test_debug_mode_verifies_every_pass(monkeypatch: pytest.MonkeyPatch) -> None
     for _ in range(3):
         f(ember.randn(3, 5), ember.randn(3, 2))
     assert f.last.runs == 1
+
+
+def test_gpt_memory_plan_and_half_budget_keep_the_loss_curve() -> None:
+    c = ts.QUICK["gpt"]
+    batches = [tuple(ember.from_numpy(a) for a in b) for b in ts.make_batches("gpt", c, 0)]
+    runs = []
+    budget = None
+    for _ in range(2):
+        ember.manual_seed(0)
+        model, opts, _ = ts.build_gpt(ember, c)
+        f = ember.jit(_workload_step("gpt", model, opts, None), memory_budget=budget)
+        runs.append([float(f(*batches[i % 4])) for i in range(5)])
+        mem = f.last.ctx.memory
+        if budget is None:
+            assert mem.planned_peak_bytes <= 0.6 * mem.naive_bytes
+            budget = mem.planned_peak_bytes // 2
+    assert f.last.ctx.memory.planned_peak_bytes <= budget
+    assert "remat" in f.explain(file=open("/dev/null", "w"))
+    assert runs[0] == runs[1]
