@@ -1,5 +1,6 @@
-"""Distributed training on MPI: communicators and collectives over ember tensors, data parallelism,
-and the ``ember run`` launcher.
+"""Distributed training on MPI: communicators and collectives over ember tensors, data parallelism
+(with sufficient-factor broadcasting), differentiable send/recv, pipeline and hybrid parallelism, the
+parameter server (``ember.distributed.ps``), and the ``ember run`` launcher.
 
     import ember.distributed as dist
     comm = dist.init()                      # the world; a failing rank aborts the whole job
@@ -25,6 +26,11 @@ from .comm import (
                    world,
 )
 from .data_parallel import DistributedDataParallel
+from .hybrid import HybridParallel, ShardedLinear
+from .p2p import recv, send, wait_sends
+from .pipeline import Pipeline
+from .sfb import LayerPlan, SFBDataParallel, plan
 
-__all__ = ["Communicator", "DistributedDataParallel", "DistributedError", "Handle", "get_local_rank", "get_rank",
-           "get_world_size", "init", "is_initialized", "world"]
+__all__ = ["Communicator", "DistributedDataParallel", "DistributedError", "Handle", "HybridParallel", "LayerPlan",
+           "Pipeline", "SFBDataParallel", "ShardedLinear", "get_local_rank", "get_rank", "get_world_size", "init",
+           "is_initialized", "plan", "recv", "send", "wait_sends", "world"]
