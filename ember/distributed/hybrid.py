@@ -16,21 +16,23 @@ the batch on rank ``i`` and ``B = sum B_i``::
 
 ``out_i`` is what a data-parallel replica would compute for its local batch, so the training loop is the
 plain data-parallel one: ``loss_fn(model(x_i), y_i).backward()``, then ``optimizer.step()`` on every rank.
-Each backward collective is the adjoint of its forward, so a shard's gradient is exactly
-``d(sum_i loss_i)/dW_r`` and each rank's trunk gets ``d loss_i / d f_i``. DDP averages the trunk gradients
-over ranks, so the shards' gradients are divided by the world size (a hook on each shard parameter) and
-every parameter ends up with the gradient of ``mean_i loss_i`` -- the global-batch mean when the ranks'
-batches are equally large. Communication per step: ``B*M`` (+ ``B*N`` per inner Linear) gathered forward
-and reduce-scattered backward, and ``B*N_last/W`` rows exchanged by all-to-all each way, against
-``2*(W-1)/W * M*N`` per rank to all-reduce a replicated head's weights.
+Each backward collective is the adjoint of its forward, so the backward pass computes exactly the gradient
+of ``sum_i loss_i``: a shard gets ``d(sum_i loss_i)/dW_r`` and rank ``i``'s trunk ``d loss_i / d f_i``. DDP
+averages the trunk gradients over ranks (the objective is ``mean_i loss_i``, the global-batch mean when the
+ranks' batches are equally large), so the head's output gradient is scaled by ``1/W`` before the
+all-to-all and the trunk's by ``W`` after the first all-gather (``grad_scale``: identity forward), and
+every parameter ends up with the gradient of ``mean_i loss_i``. Communication per step: ``B*M``
+(+ ``B*N`` per inner Linear) gathered forward and reduce-scattered backward, and ``B*N_last/W`` rows
+exchanged by all-to-all each way, against ``2*(W-1)/W * M*N`` per rank to all-reduce a replicated head.
 
 The parameter-free layers of the head must act elementwise (ReLU, Tanh, ...): they see column shards.
-The differentiable collectives (``all_gather``, ``reduce_scatter``, ``all_to_all``) are registry ops and
-can be used on their own.
+The differentiable collectives (``all_gather``, ``reduce_scatter``, ``all_to_all``) and ``grad_scale``
+are registry ops and can be used on their own.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,10 +47,10 @@ from ..nn.parameter import Parameter
 from ..ops.creation import tensor as _tensor
 from ..ops.registry import Op, apply
 from ..tensor import Tensor
-from .comm import Communicator, _as_bytes, _check_tensor, _mpi
+from .comm import Communicator, _as_bytes, _check_tensor, _mpi, world
 from .data_parallel import DistributedDataParallel
 
-__all__ = ["HybridParallel", "ShardedLinear", "all_gather", "all_to_all", "reduce_scatter", "shard_sizes"]
+__all__ = ["HybridParallel", "ShardedLinear", "all_gather", "all_to_all", "grad_scale", "reduce_scatter", "shard_sizes"]
 
 
 def shard_sizes(n: int, parts: int) -> tuple[int, ...]:
@@ -88,7 +90,6 @@ def _comm(name: str, comm: Communicator | None) -> Communicator:
     if STATE.tracer is not None:
         raise TraceError(f"{name}: MPI collectives cannot be traced; call it in eager mode")
     if comm is None:
-        from .comm import world
         return world()
     if not isinstance(comm, Communicator):
         raise TypeError(f"{name}: comm must be an ember.distributed.Communicator or None, got {type(comm).__name__}")
@@ -185,6 +186,16 @@ def _a2a_vjp(ctx: Any, g: Tensor) -> tuple:
                   split_sizes=a["cat_sizes"], cat_sizes=a["split_sizes"]),)
 
 
+def _scale_infer(x: Tensor, *, scale: float) -> tuple:
+    return x.shape, x.dtype
+
+
+def _scale_vjp(ctx: Any, g: Tensor) -> tuple:
+    return (g * ctx.attrs["scale"],)
+
+
+GRAD_SCALE = Op("dist_grad_scale", infer=_scale_infer, impl=lambda xp, x, *, scale: x.view(), vjp=_scale_vjp,
+                save_inputs=False, linear=True, view=True)
 ALL_GATHER = Op("dist_all_gather", infer=_gather_infer, impl=_gather_impl, vjp=_gather_vjp, save_inputs=False,
                 linear=True)
 REDUCE_SCATTER = Op("dist_reduce_scatter", infer=_scatter_infer, impl=_scatter_impl, vjp=_scatter_vjp,
@@ -193,6 +204,13 @@ ALL_TO_ALL = Op("dist_all_to_all", infer=_a2a_infer, impl=_a2a_impl, vjp=_a2a_vj
 
 
 # ---------------------------------------------------------------------------------------------- public ops
+
+def grad_scale(x: Tensor, scale: float) -> Tensor:
+    """``x`` unchanged, but the gradient flowing back through it is multiplied by ``scale``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"grad_scale: expected a Tensor, got {type(x).__name__}")
+    return apply(GRAD_SCALE, x, scale=float(scale))
+
 
 def all_gather(x: Tensor, dim: int = 0, comm: Communicator | None = None,
                sizes: Sequence[int] | None = None) -> Tensor:
@@ -238,8 +256,7 @@ def all_to_all(x: Tensor, split_dim: int, cat_dim: int, split_sizes: Sequence[in
 class ShardedLinear(Module):
     """Rank ``r``'s column shard of a ``Linear(in_features, out_features)``: ``weight`` holds rows
     ``col_start : col_start + col_sizes[r]`` of the full weight, ``bias`` the same entries. ``forward``
-    maps the full input ``(B, in_features)`` to this rank's output columns ``(B, col_sizes[r])``.
-    Its gradients are divided by the world size (see the module docstring)."""
+    maps the full input ``(B, in_features)`` to this rank's output columns ``(B, col_sizes[r])``."""
 
     def __init__(self, linear: Linear, comm: Communicator) -> None:
         super().__init__()
@@ -249,17 +266,14 @@ class ShardedLinear(Module):
         self.col_sizes = shard_sizes(linear.out_features, comm.size)
         self.col_start = sum(self.col_sizes[:comm.rank])
         stop = self.col_start + self.col_sizes[comm.rank]
-        scale = 1.0 / comm.size
-        with no_grad():
-            self.weight = Parameter(_tensor(np.array(linear.weight.data[self.col_start:stop]), dtype=linear.weight.dtype))
-            if linear.bias is not None:
-                self.bias = Parameter(_tensor(np.array(linear.bias.data[self.col_start:stop]), dtype=linear.bias.dtype))
-            else:
-                self.register_parameter("bias", None)
+        w, b = linear.weight, linear.bias
+        self.weight = Parameter(_tensor(np.array(w.data[self.col_start:stop]), dtype=w.dtype))
+        if b is not None:
+            self.bias = Parameter(_tensor(np.array(b.data[self.col_start:stop]), dtype=b.dtype))
+        else:
+            self.register_parameter("bias", None)
         for p in self.parameters():
-            p.requires_grad_(linear.weight.requires_grad)
-            if p.requires_grad:
-                p.register_hook(lambda g: g * scale)
+            p.requires_grad_(w.requires_grad)
 
     def forward(self, input: Tensor) -> Tensor:
         from ..nn.functional.linear import linear
@@ -299,7 +313,7 @@ class HybridParallel(Module):
         linears = [m for m in layers if isinstance(m, Linear)]
         if not linears:
             raise ValueError("HybridParallel: the head has no Linear layer to shard")
-        for a, b in zip(linears, linears[1:]):
+        for a, b in itertools.pairwise(linears):
             if b.in_features != a.out_features:
                 raise ShapeError(f"HybridParallel: head Linear layers do not chain: out_features {a.out_features} "
                                  f"feeds in_features {b.in_features}")
@@ -323,7 +337,9 @@ class HybridParallel(Module):
             raise ShapeError(f"HybridParallel: the trunk must return a 2-D (batch, features) Tensor, got "
                              f"{getattr(f, 'shape', type(f).__name__)}")
         rows = _gathered_sizes(self.comm, f.shape[0])
-        z = apply(ALL_GATHER, f, comm=self.comm.mpi, rank=self.comm.rank, dim=0, sizes=rows)
+        W = self.comm.size
+        z = apply(ALL_GATHER, grad_scale(f, W) if W > 1 else f, comm=self.comm.mpi, rank=self.comm.rank, dim=0,
+                  sizes=rows)
         cols: tuple[int, ...] | None = None  # None: z is full width; else z holds this rank's columns
         for m in self.head:
             if isinstance(m, ShardedLinear):
@@ -333,6 +349,8 @@ class HybridParallel(Module):
                 cols = m.col_sizes
             else:
                 z = m(z)
+        if W > 1:
+            z = grad_scale(z, 1.0 / W)
         return apply(ALL_TO_ALL, z, comm=self.comm.mpi, rank=self.comm.rank, split_dim=0, cat_dim=1, split_sizes=rows,
                      cat_sizes=cols)
 

@@ -39,7 +39,17 @@ from ..ops.creation import zeros
 from ..ops.movement import expand
 from ..ops.registry import Op, apply
 from ..tensor import Tensor
-from .comm import _DTYPE_CODE, _MAX_NDIM, Communicator, DistributedError, _as_bytes, _check_rank, _check_tag, _mpi
+from .comm import (
+    _DTYPE_CODE,
+    _MAX_NDIM,
+    Communicator,
+    DistributedError,
+    _as_bytes,
+    _check_rank,
+    _check_tag,
+    _mpi,
+    world,
+)
 
 __all__ = ["recv", "send", "wait_sends"]
 
@@ -49,7 +59,6 @@ _PENDING: list[tuple[list, tuple]] = []
 
 def _comm(name: str, comm: Communicator | None) -> Communicator:
     if comm is None:
-        from .comm import world
         return world()
     if not isinstance(comm, Communicator):
         raise TypeError(f"{name}: comm must be an ember.distributed.Communicator or None, got {type(comm).__name__}")

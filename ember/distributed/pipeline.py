@@ -35,10 +35,11 @@ import numpy as np
 
 from ..autograd import no_grad
 from ..errors import ShapeError
+from ..nn.containers import ModuleList
 from ..nn.module import Module
 from ..ops.movement import cat, split
 from ..tensor import Tensor
-from .comm import Communicator
+from .comm import Communicator, world
 from .p2p import recv, send, wait_sends
 
 __all__ = ["Pipeline"]
@@ -54,9 +55,10 @@ def _sizes(n: int, m: int) -> list[int]:
 class Pipeline(Module):
     """This rank's stage of a pipeline over the ranks of ``comm`` (the world by default).
 
-    ``stages``: a list/tuple with one Module per rank (rank ``r`` keeps ``stages[r]``), or this rank's own
-    stage Module. ``microbatches``: how many pieces ``step`` splits a batch into. ``schedule``: ``"1f1b"``
-    or ``"gpipe"``. The stage is the only submodule, so ``parameters()``/``state_dict()`` are its own.
+    ``stages``: a list, tuple or ``ModuleList`` with one Module per rank (rank ``r`` keeps ``stages[r]``), or
+    this rank's own stage Module. ``microbatches``: how many pieces ``step`` splits a batch into.
+    ``schedule``: ``"1f1b"`` or ``"gpipe"``. The stage is the only submodule, so ``parameters()`` and
+    ``state_dict()`` are its own.
     Construction is collective (it duplicates ``comm`` so pipeline messages never mix with others).
     """
 
@@ -64,14 +66,13 @@ class Pipeline(Module):
                  comm: Communicator | None = None, loss_reduction: str = "mean") -> None:
         super().__init__()
         if comm is None:
-            from .comm import world
             comm = world()
         if not isinstance(comm, Communicator):
             raise TypeError(f"Pipeline: comm must be an ember.distributed.Communicator or None, got "
                             f"{type(comm).__name__}")
-        if isinstance(stages, Module):
+        if isinstance(stages, Module) and not isinstance(stages, ModuleList):
             stage = stages
-        elif isinstance(stages, (list, tuple)):
+        elif isinstance(stages, (list, tuple, ModuleList)):
             if len(stages) != comm.size:
                 raise ValueError(f"Pipeline: got {len(stages)} stages for {comm.size} ranks; pass one stage per "
                                  "rank, or only this rank's stage Module")

@@ -42,7 +42,7 @@ from ..nn.linear import Linear
 from ..nn.module import Module
 from ..ops.linalg import _blas_ready
 from ..tensor import Tensor, _make
-from .comm import Communicator, _as_bytes, _mpi
+from .comm import Communicator, _as_bytes, _mpi, world
 from .data_parallel import DistributedDataParallel
 
 __all__ = ["LayerPlan", "SFBDataParallel", "plan"]
@@ -179,10 +179,10 @@ class _SFBLayer:
         self.captures: list[list] = []   # [X rows, E rows or None, weakref to the output's grad_fn]
         self.result: dict[str, Tensor] = {}
         self.wants = {"weight"} | ({"bias"} if layer.bias is not None and layer.bias.requires_grad else set())
-        self.removers = [layer.register_forward_hook(self._forward_hook).remove,
-                         layer.weight.register_hook(lambda g: self._param_hook("weight", g))]
+        layer.register_forward_hook(self._forward_hook)
+        layer.weight.register_hook(lambda g: self._param_hook("weight", g))
         if "bias" in self.wants:
-            self.removers.append(layer.bias.register_hook(lambda g: self._param_hook("bias", g)))
+            layer.bias.register_hook(lambda g: self._param_hook("bias", g))
 
     def _forward_hook(self, module: Module, args: tuple, out: Any) -> None:
         if not (isinstance(out, Tensor) and out.requires_grad and out.grad_fn is not None and is_grad_enabled()):
@@ -203,10 +203,9 @@ class _SFBLayer:
             return g
         if not getattr(owner, "_require_sync", True):  # no_sync(): defer to the synchronizing backward
             return _make(np.zeros(g.shape, dtype=g.data.dtype), g.dtype, g.device)
-        if not self.result:
+        if which not in self.result:  # the first of the layer's parameter hooks in this backward pass
             self._exchange(owner, g)
-        out = self.result.pop(which)
-        return out
+        return self.result.pop(which)
 
     def _exchange(self, owner: SFBDataParallel, g: Tensor) -> None:
         comm: Communicator = owner._sfb_comm
@@ -230,11 +229,6 @@ class _SFBLayer:
             self.result["bias"] = _make(E_all.sum(0) / comm.size, g.dtype, g.device)
         owner.sfb_bytes_sent += local.nbytes * (comm.size - 1)
 
-    def remove(self) -> None:
-        for r in self.removers:
-            r()
-        self.removers = []
-
 
 class SFBDataParallel(DistributedDataParallel):
     """Data-parallel training where chosen ``nn.Linear`` layers synchronize by sufficient-factor
@@ -251,7 +245,6 @@ class SFBDataParallel(DistributedDataParallel):
                  strategy: str = "auto", bucket_cap_mb: float = 25.0, broadcast_buffers: bool = True,
                  find_unused_parameters: bool = False) -> None:
         if comm is None:
-            from .comm import world
             comm = world()
         if not isinstance(comm, Communicator):
             raise TypeError(f"SFBDataParallel: comm must be an ember.distributed.Communicator or None, got "
