@@ -14,6 +14,7 @@ importing this package works without it (``is_initialized()`` is then False).
 
 from __future__ import annotations
 
+from . import ps
 from .comm import (
                    Communicator,
                    DistributedError,
@@ -33,4 +34,4 @@ from .sfb import LayerPlan, SFBDataParallel, plan
 
 __all__ = ["Communicator", "DistributedDataParallel", "DistributedError", "Handle", "HybridParallel", "LayerPlan",
            "Pipeline", "SFBDataParallel", "ShardedLinear", "get_local_rank", "get_rank", "get_world_size", "init",
-           "is_initialized", "plan", "recv", "send", "wait_sends", "world"]
+           "is_initialized", "plan", "ps", "recv", "send", "wait_sends", "world"]

@@ -69,7 +69,7 @@ __all__ = ["ParameterServer", "current", "init"]
 
 MANIFEST = "ps-manifest.json"
 MANIFEST_FORMAT = "ember-ps-checkpoint-1"
-_MAX_POLL_SLEEP = 5e-4
+_MAX_POLL_SLEEP = 1e-4  # polled only while requests are in flight
 _ENV_SERVERS = "EMBER_PS_SERVERS"
 
 
@@ -272,7 +272,7 @@ class ParameterServer:
             self._thread.start()
 
     def describe(self) -> str:
-        """"rank 3 (parameter server 1 of 2)" or "rank 0 (worker 0 of 2)"."""
+        """This rank and its role, e.g. ``rank 3 (parameter server 1 of 2)`` or ``rank 0 (worker 0 of 2)``."""
         if self.is_server:
             return f"rank {self.rank} (parameter server {self.server_index} of {self.num_servers})"
         return f"rank {self.rank} (worker {self.worker_index} of {self.num_workers})"
@@ -496,7 +496,8 @@ class ParameterServer:
         parts = self._split(uniq)
         g = _Gather(fut, len(parts), lambda: out)
         for k, pos in parts:
-            self._send(k, PULL_SPARSE, (t.name, uniq[pos], required), g.part(lambda v, pos=pos: out.__setitem__(pos, v)))
+            store = g.part(lambda v, pos=pos: out.__setitem__(pos, v))
+            self._send(k, PULL_SPARSE, (t.name, uniq[pos], required), store)
         return fut
 
     def _split(self, uniq: np.ndarray) -> list[tuple[int, Any]]:
@@ -505,9 +506,9 @@ class ParameterServer:
             return [(0, slice(None))]
         owner = shard_of(uniq, self.num_servers)
         order = np.argsort(owner, kind="stable")
-        ends = np.cumsum(np.bincount(owner, minlength=self.num_servers))
-        return [(k, order[ends[k] - n:ends[k]]) for k, n in
-                enumerate(np.bincount(owner, minlength=self.num_servers)) if n]
+        counts = np.bincount(owner, minlength=self.num_servers)
+        ends = np.cumsum(counts)
+        return [(k, order[ends[k] - n:ends[k]]) for k, n in enumerate(counts) if n]
 
     def push_sparse(self, name: str, ids: Any, grads: Any = None) -> Future:
         """Send the gradient ``grads`` (shape ``ids.shape + (dim,)``) of the rows ``ids``; repeated ids are
@@ -554,7 +555,8 @@ class ParameterServer:
         fut: Future = Future()
         g = _Gather(fut, len(parts), lambda: out.reshape(t.spec.shape))
         for k, lo, hi in parts:
-            self._send(k, PULL_DENSE, (name, required), g.part(lambda v, lo=lo, hi=hi: out.__setitem__(slice(lo, hi), v)))
+            store = g.part(lambda v, lo=lo, hi=hi: out.__setitem__(slice(lo, hi), v))
+            self._send(k, PULL_DENSE, (name, required), store)
         return fut
 
     def push_dense(self, name: str, grad: Any) -> Future:
@@ -643,7 +645,8 @@ class ParameterServer:
     def load(self, path: str | os.PathLike) -> None:
         """Restore every table from a checkpoint written by ``save`` (possibly with another number of
         servers). The tables must have been created in this job with the same kind, shape, dtype and
-        optimizer; optimizer options (e.g. the learning rate) are this job's. Collective over the workers."""
+        optimizer; optimizer options (e.g. the learning rate) are this job's. Collective over the workers.
+        Rows prefetched before it (``Embedding.prefetch``) hold pre-load values: prefetch after loading."""
         self._need_worker("load")
         directory = os.path.abspath(os.fspath(path))
         self.barrier()

@@ -24,7 +24,8 @@ import numpy as np
 
 from ... import dtypes as _dt
 from ...autograd import STATE
-from ...errors import ShapeError
+from ...device import CPU
+from ...errors import ShapeError, TraceError
 from ...nn.module import Module
 from ...ops import movement as _mov
 from ...ops.sparse_ops import embed_rows
@@ -33,6 +34,14 @@ from .client import ParameterServer, current
 from .protocol import as_ids, unique_sorted
 
 __all__ = ["DenseParameters", "Embedding"]
+
+
+def _usable(ps: ParameterServer, clock: int, future: Future) -> bool:
+    """Whether a read requested for ``clock`` may serve a read now: it satisfies the bound at any clock
+    ``<= clock``; one for a later clock that is still unanswered is not waited for (under BSP it may wait
+    for this very worker's next tick, which would never come)."""
+    now = ps.current_clock
+    return clock == now or (clock > now and future.done())
 
 
 class _PushRows:
@@ -74,17 +83,19 @@ class Embedding(Module):
         self._prefetched = (uniq, at, self._ps.pull_sparse_async(self.table, uniq, clock=at))
 
     def forward(self, input: Any) -> Tensor:
+        if STATE.tracer is not None:
+            raise TraceError(f"Embedding({self.table!r}): the rows come from the parameter servers at run time, so "
+                             "a lookup cannot be traced; call this layer outside the compiled function")
         ids = as_ids("Embedding", self.table, input)
         uniq, inverse = unique_sorted(ids.reshape(-1))
         rows = None
         pre, self._prefetched = self._prefetched, None
-        # a prefetch requested for clock c satisfies the bound for reads at any clock <= c
-        if pre is not None and pre[1] >= self._ps.current_clock and np.array_equal(pre[0], uniq):
+        if pre is not None and _usable(self._ps, pre[1], pre[2]) and np.array_equal(pre[0], uniq):
             rows = self._ps._wait(pre[2], f"Embedding({self.table!r}) prefetch")
         if rows is None:
             rows = self._ps._wait(self._ps.pull_sparse_async(self.table, uniq), f"Embedding({self.table!r})")
-        want_grad = STATE.grad_enabled and STATE.tracer is None
-        leaf = _make(rows, self.dtype, _cpu(), requires_grad=want_grad)
+        want_grad = STATE.grad_enabled
+        leaf = _make(rows, self.dtype, CPU, requires_grad=want_grad)
         if want_grad:
             leaf.register_hook(_PushRows(self._ps, self.table, uniq))
         out = embed_rows(leaf, _make(inverse, _dt.int64, leaf.device))
@@ -92,11 +103,6 @@ class Embedding(Module):
 
     def extra_repr(self) -> str:
         return f"{self.table!r}, {self.embedding_dim}, on {self._ps.num_servers} parameter server(s)"
-
-
-def _cpu() -> Any:
-    from ...device import CPU
-    return CPU
 
 
 class DenseParameters:
@@ -133,7 +139,7 @@ class DenseParameters:
     def pull(self) -> None:
         """Copy the table's current values into the parameters (waits as the consistency model requires)."""
         pre, self._prefetched = self._prefetched, None
-        if pre is not None and pre[0] >= self._ps.current_clock:
+        if pre is not None and _usable(self._ps, pre[0], pre[1]):
             flat = self._ps._wait(pre[1], f"DenseParameters({self.name!r}) prefetch")
         else:
             flat = self._ps._wait(self._ps.pull_dense_async(self.name), f"DenseParameters({self.name!r})")

@@ -8,7 +8,9 @@ with other traffic:
 * a reply, server -> worker, tag ``TAG_REPLY``: ``(request_id, ok, value)``, where ``value`` is the
   result, or ``(exception type name, message)`` when ``ok`` is False.
 
-Every request but ``CLOCK`` is answered. MPI keeps the messages from one worker to one server in
+Every request but ``CLOCK`` is answered. A read carries the least global clock it needs (its worker's
+clock minus the table's staleness bound, or None for ASP), which the worker computes, so servers
+need not know each table's consistency model. MPI keeps the messages from one worker to one server in
 order, and a server handles requests in arrival order, so a worker's pushes are applied before the
 clock tick that follows them: that is what the consistency guarantee rests on (see ``consistency``).
 

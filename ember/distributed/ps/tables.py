@@ -24,7 +24,7 @@ import numpy as np
 
 from ...errors import DTypeError, ShapeError
 from .optimizers import RowOptimizer
-from .protocol import INDEX_SALT, PSError, mix64, name_key
+from .protocol import INDEX_SALT, coalesce, mix64, name_key
 
 __all__ = ["DenseShard", "Initializer", "RowIndex", "SparseShard", "TableSpec"]
 
@@ -319,8 +319,10 @@ class SparseShard:
         return out
 
     def push(self, ids: np.ndarray, grads: np.ndarray, now: int) -> None:
-        """Apply a gradient for rows ``ids`` (unique) with the table's optimizer, creating rows first touched."""
+        """Apply a gradient for rows ``ids`` with the table's optimizer, creating rows first touched (the
+        gradients of repeated ids are summed first)."""
         self._check("push_sparse", ids, grads)
+        ids, grads = coalesce(ids, grads)
         rows = self.index.lookup(ids)
         missing = np.flatnonzero(rows < 0)
         if missing.size:
