@@ -46,4 +46,4 @@ int = int32
 from . import io, nn, optim, data
 from .io import load, save
 from . import graph
-from .graph import jit
+from .graph import jit, placeholder

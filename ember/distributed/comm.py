@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 import zlib
 from collections.abc import Callable, Sequence
@@ -538,6 +539,7 @@ def _abort_on_exception(rank: int) -> None:
             pass
         MPI = _mpi()
         if MPI.COMM_WORLD.Get_size() > 1:
+            time.sleep(0.2)  # let mpiexec forward this rank's stderr before the abort tears the job down
             MPI.COMM_WORLD.Abort(1)
 
     hook._ember_abort = True  # type: ignore[attr-defined]

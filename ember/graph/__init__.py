@@ -2,6 +2,8 @@
 
 from .compile import optimize
 from .ir import Graph, Node
+from .symbolic import SymbolicFunction, building, compile, grad, placeholder, variable
 from .trace import CompiledFunction, jit
 
-__all__ = ["CompiledFunction", "Graph", "Node", "jit", "optimize"]
+__all__ = ["CompiledFunction", "Graph", "Node", "SymbolicFunction", "building", "compile", "grad", "jit", "optimize",
+           "placeholder", "variable"]

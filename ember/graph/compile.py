@@ -45,6 +45,25 @@ def optimize(graph: Graph, memory_budget: int | None = None) -> tuple[Graph, Pas
     return graph, ctx, records
 
 
+def report_lines(graph: Graph, records: list[PassRecord], memory: Any) -> list[str]:
+    """The part of an ``explain()`` report shared by jit and symbolic functions: the pass table, the final
+    op histogram and the memory plan."""
+    lines = [f"  {'pass':<14}{'nodes':>14}{'ms':>9}  what changed"]
+    for r in records:
+        change = f"{r.nodes_before} -> {r.nodes_after}"
+        notes = r.notes or ["no change"]
+        lines.append(f"  {r.name:<14}{change:>14}{r.ms:>9.1f}  {notes[0]}")
+        lines.extend(f"  {'':<37}{note}" for note in notes[1:])
+    hist = sorted(graph.op_histogram().items(), key=lambda kv: -kv[1])
+    lines.append(f"  final graph: {graph.count('op')} op node(s): " + ", ".join(f"{k} x{v}" for k, v in hist[:12])
+                 + (" ..." if len(hist) > 12 else ""))
+    if memory is not None:
+        ratio = memory.planned_peak_bytes / memory.naive_bytes if memory.naive_bytes else 0.0
+        lines.append(f"  memory: planned peak {memory.planned_peak_bytes:,} B vs naive {memory.naive_bytes:,} B "
+                     f"({ratio:.0%}); arena {memory.arena_bytes:,} B allocated once")
+    return lines
+
+
 class CompiledEntry:
     """One compiled signature: the optimized graph, its executor and the report."""
 
@@ -82,20 +101,7 @@ class CompiledEntry:
                  f"{len(g.writes)} state write(s)"]
         if tr.guard_text:
             lines.append("  guards: argument shapes/dtypes/devices/structure; " + "; ".join(tr.guard_text))
-        lines.append(f"  {'pass':<14}{'nodes':>14}{'ms':>9}  what changed")
-        for r in self.records:
-            change = f"{r.nodes_before} -> {r.nodes_after}"
-            first = r.notes[0] if r.notes else "no change"
-            lines.append(f"  {r.name:<14}{change:>14}{r.ms:>9.1f}  {first}")
-            for note in r.notes[1:]:
-                lines.append(f"  {'':<37}{note}")
-        hist = sorted(g.op_histogram().items(), key=lambda kv: -kv[1])
-        lines.append(f"  final graph: {g.count('op')} op node(s): " + ", ".join(f"{k} x{v}" for k, v in hist[:12])
-                     + (" ..." if len(hist) > 12 else ""))
-        if mem is not None:
-            ratio = mem.planned_peak_bytes / mem.naive_bytes if mem.naive_bytes else 0.0
-            lines.append(f"  memory: planned peak {mem.planned_peak_bytes:,} B vs naive {mem.naive_bytes:,} B "
-                         f"({ratio:.0%}); arena {mem.arena_bytes:,} B allocated once")
+        lines += report_lines(g, self.records, mem)
         rem = self.ctx.notes.get("remat")
         if rem:
             lines.append(f"  remat: peak of live intermediates {rem['peak_before']:,} -> {rem['peak_after']:,} B, "

@@ -13,6 +13,7 @@ from ..device import to_device as _device
 from ..errors import DTypeError, ShapeError
 from ..tensor import Tensor, _make
 from ._shape import check_shape_arg
+from .registry import SYMBOLIC
 
 
 def _shape_args(name: str, size: tuple) -> tuple[int, ...]:
@@ -144,6 +145,10 @@ def _full(name: str, shape: tuple, value: Any, dtype: Any, device: Any, requires
         d = _dt.category_default(_dt.scalar_category(value)) if value is not None else _dt.get_default_dtype()
     else:
         d = _dt.to_dtype(dtype)
+    if SYMBOLIC[0] is not None:  # while a symbolic graph is built, a symbolic shape makes a graph constant
+        out = SYMBOLIC[0].full(shape, value, d, device)
+        if out is not NotImplemented:
+            return out
     data = np.empty(shape, d.np) if value is None else np.full(shape, value, d.np)
     return _finish(data, d, device, requires_grad, name)
 

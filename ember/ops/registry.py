@@ -14,6 +14,7 @@ tape node) and tracing (add a graph node) diverge.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,10 @@ from ..tensor import _make
 _DEBUG = bool(os.environ.get("EMBER_DEBUG"))
 REGISTRY: dict[str, Op] = {}
 COMPOSITES: dict[str, Callable] = {}
+# Set by ember.graph.symbolic when the first placeholder is made: its builder's ``dispatch(op, inputs, attrs)``
+# adds a graph node when an input is symbolic (NotImplemented otherwise) and ``call(fn, args, kwargs)`` runs a
+# composite under the builder when an argument is symbolic.
+SYMBOLIC: list[Any] = [None]
 
 
 class Op:
@@ -101,6 +106,10 @@ def apply(op: Op, *inputs: Any, **attrs: Any) -> Any:
     state = STATE
     if state.tracer is not None:
         return state.tracer.apply(op, inputs, attrs)
+    if SYMBOLIC[0] is not None:
+        out = SYMBOLIC[0].dispatch(op, inputs, attrs)
+        if out is not NotImplemented:
+            return out
     shape, dtype = op.infer(*inputs, **attrs)
     if len(inputs) == 1:
         x0 = inputs[0]
@@ -171,5 +180,12 @@ def composite(fn: Callable) -> Callable:
     """Mark ``fn`` as a composite: a plain function over primitives whose gradient
     comes from theirs. The compiler later fuses composites (and caches them per shape)."""
     COMPOSITES[f"{fn.__module__}.{fn.__qualname__}"] = fn
-    fn.__ember_composite__ = True  # type: ignore[attr-defined]
-    return fn
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        sym = SYMBOLIC[0]
+        if sym is not None and STATE.tracer is None:
+            return sym.call(fn, args, kwargs)
+        return fn(*args, **kwargs)
+    run.__ember_composite__ = True  # type: ignore[attr-defined]
+    return run
