@@ -427,11 +427,30 @@ def _xp(x: Tensor) -> Any:
 # ----------------------------------------------------------------------------- getitem / setitem
 
 
+def _traced_take(x: Tensor, key: Any) -> Tensor | None:
+    """While tracing, ``x[idx]`` / ``x[:, idx]`` with one integer index tensor (the other entries full slices)
+    is a ``take`` along that dimension, whose shape depends on shapes only; None for other keys."""
+    from .movement import take
+    entries = key if isinstance(key, tuple) else (key,)
+    tensors = [i for i, k in enumerate(entries) if isinstance(k, Tensor)]
+    if len(tensors) != 1 or len(entries) > x.ndim:
+        return None
+    dim = tensors[0]
+    index = entries[dim]
+    if not index.dtype.is_integer or not all(k == slice(None) for i, k in enumerate(entries) if i != dim):
+        return None
+    return take(x, index, dim)
+
+
 def getitem(x: Tensor, key: Any) -> Tensor:
     """``x[key]`` with NumPy semantics (see the module docstring): basic keys give views."""
     fast = _fast_basic(x.shape, key)
     if fast is not None:
         return apply(GETSLICE, x, key=fast)
+    if STATE.tracer is not None:
+        traced = _traced_take(x, key)
+        if traced is not None:
+            return traced
     plan = _parse(x.shape, key, _xp(x))
     if plan.linear is None:
         return apply(GETSLICE, x, key=plan.basic)

@@ -344,3 +344,14 @@ def test_gpt_memory_plan_and_half_budget_keep_the_loss_curve() -> None:
     assert f.last.ctx.memory.planned_peak_bytes <= budget
     assert "remat" in f.explain(file=open("/dev/null", "w"))
     assert runs[0] == runs[1]
+
+
+def test_integer_tensor_indexing_traces_as_take_and_masks_raise() -> None:
+    t = ember.randn(5, 4)
+    f = ember.jit(lambda i, t: (t[i] * 2, t[:, i[:2]]))
+    for idx in ([0, 2, -1], [0, 2, -1], [1, 1, 4], [4, 3, 0]):
+        a, b = f(ember.tensor(idx), t)
+        assert np.array_equal(a.data, t.data[idx] * 2) and np.array_equal(b.data, t.data[:, idx[:2]])
+    assert f.traces == 1
+    with pytest.raises(TraceError, match="tensor index"):
+        ember.jit(lambda t: t[t > 0])(t)
