@@ -249,7 +249,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       optimizer=args.optimizer, data_dir=args.data_dir, out=args.out, resume=args.resume,
                       seed=args.seed, device=args.device, limit_train=args.limit_train, limit_test=args.limit_test,
-                      progress=not args.quiet, plot=not args.no_plot)
+                      progress=not args.quiet, plot=not args.no_plot, compile=args.compile)
     try:
         summary = train(cfg)
     except (errors.EmberError, ValueError, OSError) as e:  # bad values and files: one line, no traceback
@@ -303,6 +303,8 @@ def _add_train_parser(sub: Any) -> None:
                    help="use only the first N test images")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines; print the summary")
     p.add_argument("--no-plot", action="store_true", help="skip curves.png")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the training step with ember.jit (traced on its first calls, then replayed)")
     p.set_defaults(func=_cmd_train)
 
 

@@ -46,6 +46,7 @@ class TrainConfig:
     limit_test: int | None = None
     progress: bool = True
     plot: bool = True
+    compile: bool = False             # run each training step through ember.jit
 
     def validate(self) -> None:
         if self.model not in MODELS:
@@ -168,6 +169,19 @@ def _resolve_resume(path: str) -> Path:
     return p
 
 
+def make_step(model: nn.Module, optimizer: ember.optim.Optimizer) -> Any:
+    """One training step on a batch: returns the loss and the number of correct predictions (as tensors, so
+    the step can be compiled with ``ember.jit``)."""
+    def step(x: ember.Tensor, y: ember.Tensor) -> tuple[ember.Tensor, ember.Tensor]:
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.detach(), (logits.detach().argmax(dim=1) == y).sum()
+    return step
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run the job described by ``cfg``; returns the summary (also written to ``metrics.json``)."""
     from ember.data import DataLoader
@@ -202,6 +216,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         f"epochs {start_epoch + 1}..{cfg.epochs}")
     if start_epoch >= cfg.epochs:
         say(f"the checkpoint already has {start_epoch} epochs; nothing to do (raise --epochs to go on)")
+    train_step = make_step(model, optimizer)
+    if cfg.compile:
+        train_step = ember.jit(train_step, name="train_step")
     t_start = time.perf_counter()
     images = 0
     for epoch in range(start_epoch, cfg.epochs):
@@ -210,16 +227,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         bar = _progress(len(loader), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
         t_epoch = time.perf_counter()
         for x, y in loader:
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            loss, hits = train_step(x, y)
             step += 1
             value = loss.item()
             history["step_loss"].append(value)
             total += value * y.shape[0]
-            correct += int((logits.detach().argmax(dim=1) == y).sum().item())
+            correct += int(hits.item())
             seen += y.shape[0]
             if bar is not None:
                 bar.update(1)

@@ -250,7 +250,9 @@ def _as_batched(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, bool]:
 
 def _finish(loss: Tensor, w: Tensor | None, reduction: str, single: bool) -> Tensor:
     if reduction == "mean":
-        return _sum(loss) / _sum(w) if w is not None else _mean(loss)
+        # sum / count in both cases (not sum * (1/n)), so a traced graph, which always masks ignored targets
+        # because it cannot look at them, rounds exactly as the eager path that skips the mask
+        return _sum(loss) / (_sum(w) if w is not None else float(loss.numel()))
     if reduction == "sum":
         return _sum(loss)
     return reshape(loss, ()) if single else loss
