@@ -215,6 +215,7 @@ def _erf_numpy(x: np.ndarray) -> np.ndarray:
          + 6.05183413124413191e-2) * z + 2.33520497626869185e-3
     r = (1 / math.sqrt(math.pi) - z * p / q) / y
     out[big] = np.sign(xd[big]) * (1 - np.exp(-y * y) * r)
+    out[np.isnan(xd)] = np.nan  # no branch above takes NaN
     return out.astype(x.dtype, copy=False)
 
 
