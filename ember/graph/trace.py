@@ -241,12 +241,11 @@ def repr_key(spec: Any) -> Any:
 class Trace:
     """A recorded graph with what a replay needs to bind and check."""
 
-    def __init__(self, graph: Graph, out_spec: Any, captured: list[Tensor], grad_final: list[tuple[Tensor, Any]],
+    def __init__(self, graph: Graph, out_spec: Any, grad_final: list[tuple[Tensor, Any]],
                  guards: list[Callable[[], bool]], guard_text: list[str], syncs: list[Callable[[], None]],
                  stable: bool, why_unstable: str, trace_ms: float, merged: int) -> None:
         self.graph = graph
         self.out_spec = out_spec
-        self.captured = captured
         self.grad_final = grad_final
         self.guards = guards
         self.guard_text = guard_text
@@ -331,16 +330,20 @@ def trace(fn: Callable, args: tuple, kwargs: dict, name: str) -> tuple[Trace, An
     g.writes = list(writes.values())
     # A pre-existing tensor that the trace read and then dropped (rebinding an attribute to a new tensor)
     # would be read stale by a replay.
-    live_refs = [(weakref.ref(t), t.shape) for t in captured.values()]
+    # The graph's own references do not count: hold its live tensors weakly while looking.
+    live_nodes = [n for n in g.nodes if n.kind == "live"]
+    live_refs = [(n, weakref.ref(n.payload), n.payload.shape) for n in live_nodes]
+    for n in live_nodes:
+        n.payload = None
     tracer.captured = {}
     captured = {}
     gc.collect()
-    for r, shape in live_refs:
-        if r() is None and stable:
+    for n, r, shape in live_refs:
+        n.payload = r()
+        if n.payload is None and stable:
             stable, why = False, (f"it read a tensor of shape {shape} and dropped the last reference to it (an "
                                   "attribute rebound to a new tensor each call); update state in place with "
                                   "t.copy_(new) so a compiled replay can write into it")
-    live = [n.payload for n in g.nodes if n.kind == "live"]
 
     guards, text = _guards(tracer, leaves)
     grad_final = [(leaf, leaf.grad) for leaf in tracer.grad_leaves.values()]
@@ -349,7 +352,7 @@ def trace(fn: Callable, args: tuple, kwargs: dict, name: str) -> tuple[Trace, An
             for p in group["params"]:
                 if id(p) not in tracer.grad_leaves:
                     grad_final.append((p, p.grad))
-    tr = Trace(g, out_spec, live, grad_final, guards, text, list(tracer.syncs), stable, why,
+    tr = Trace(g, out_spec, grad_final, guards, text, list(tracer.syncs), stable, why,
                (time.perf_counter() - t0) * 1e3, tracer.merged)
     return tr, unflatten(out_spec, out_leaves)
 

@@ -355,3 +355,19 @@ def test_integer_tensor_indexing_traces_as_take_and_masks_raise() -> None:
     assert f.traces == 1
     with pytest.raises(TraceError, match="tensor index"):
         ember.jit(lambda t: t[t > 0])(t)
+
+
+def test_rebinding_state_it_reads_is_never_replayed_stale() -> None:
+    state = {"h": ember.zeros(3)}
+
+    def f(x):
+        state["h"] = state["h"] * 0.5 + x  # a new tensor each call: a replay would read the old one
+        return state["h"] * 1
+
+    g = ember.jit(f)
+    ref = ember.zeros(3)
+    with pytest.warns(UserWarning, match="dropped the last reference"):
+        for _ in range(4):
+            ref = ref * 0.5 + 1
+            assert g(ember.ones(3)).tolist() == ref.tolist()
+    assert g.last is None  # never compiled: every call traced (eagerly)
