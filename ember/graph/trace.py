@@ -207,7 +207,7 @@ def unflatten(spec: Any, leaves: list) -> Any:
         return tuple(unflatten(s, leaves) for s in body)
     if kind == "dict":
         return {k: unflatten(s, leaves) for k, s in body}
-    return body[1]
+    return body[-1]  # the value: (type, value) for Python scalars, ("obj", id, value) for other objects
 
 
 def _static_key(value: Any) -> Any:

@@ -223,6 +223,9 @@ def test_static_arguments_are_part_of_the_key() -> None:
     assert scale(x, 3).tolist() == [3.0, 3.0, 3.0]
     assert scale(x, 2).tolist() == [2.0, 2.0, 2.0]
     assert calls == [2, 3]
+    pair = ember.jit(lambda x: (x * 2, ember.float32, "tag"))
+    for _ in range(3):
+        assert pair(x)[1:] == (ember.float32, "tag")  # static outputs come back as themselves
 
 
 def test_gradient_accumulation_reads_the_live_grad() -> None:
