@@ -100,8 +100,6 @@ def plan_memory(graph: Graph) -> MemoryPlan:
                 continue
             if last[old.id] == v.id and not (v.op.elementwise or v.op.ufunc is not None):
                 continue
-            if any(n.id > v.id and roots[n.id] is old for n in nodes):
-                continue
         plan.direct[v.id] = target
 
     # Buffers: groups of nodes sharing memory through in-place reuse.
