@@ -11,6 +11,7 @@ import numpy as np
 
 from ...ops.registry import REGISTRY
 from ..ir import Graph, Node
+from .rules import run_rules
 
 NAME = "algebraic"
 
@@ -58,23 +59,4 @@ def simplify(g: Graph, n: Node, ins: tuple) -> tuple[Node | None, str | None]:
 
 
 def run(graph: Graph, ctx: Any) -> tuple[Graph, list[str]]:
-    fired: dict[str, int] = {}
-
-    def rewrite(g: Graph, n: Node, ins: tuple) -> Node | None:
-        out, rule = simplify(g, n, ins)
-        while out is not None and rule is not None:
-            fired[rule] = fired.get(rule, 0) + 1
-            if out.kind != "op" or out.id < len(g.nodes) - 1:
-                break
-            again, rule = simplify(g, out, out.inputs)
-            if again is None:
-                break
-            out = again
-        return out
-
-    new, _ = graph.rebuild(rewrite)
-    if not fired:
-        return graph, []
-    from .dce import run as dce
-    new, _ = dce(new, ctx)
-    return new, [f"{rule}: {count}" for rule, count in sorted(fired.items())]
+    return run_rules(graph, ctx, simplify)

@@ -12,6 +12,7 @@ from typing import Any
 
 from ...ops.registry import REGISTRY
 from ..ir import Graph, Node
+from .rules import run_rules
 
 NAME = "layout"
 
@@ -48,24 +49,4 @@ def simplify(g: Graph, n: Node, ins: tuple) -> tuple[Node | None, str | None]:
 
 
 def run(graph: Graph, ctx: Any) -> tuple[Graph, list[str]]:
-    fired: dict[str, int] = {}
-
-    def rewrite(g: Graph, n: Node, ins: tuple) -> Node | None:
-        out, rule = simplify(g, n, ins)
-        if rule is not None:
-            fired[rule] = fired.get(rule, 0) + 1
-            # The result may itself collapse with what it reads (long chains).
-            while out is not None and out.kind == "op" and out.op.view and out.id == len(g.nodes) - 1:
-                again, rule2 = simplify(g, out, out.inputs)
-                if rule2 is None:
-                    break
-                fired[rule2] = fired.get(rule2, 0) + 1
-                out = again
-        return out
-
-    new, _ = graph.rebuild(rewrite)
-    if not fired:
-        return graph, []
-    from .dce import run as dce
-    new, _ = dce(new, ctx)
-    return new, [f"{rule}: {count}" for rule, count in sorted(fired.items())]
+    return run_rules(graph, ctx, simplify)
