@@ -110,14 +110,20 @@ class CompiledEntry:
         return "\n".join(lines)
 
 
-def compile_trace(trace: Any, memory_budget: int | None = None) -> CompiledEntry:
-    """Optimize a trace's graph and build the executor that replays it."""
+def build_plan(graph: Graph, memory_budget: int | None = None) -> tuple[Graph, PassContext, list[PassRecord], Any]:
+    """Optimize ``graph`` and build the executor that replays it; the executor's build is the last record."""
     from ..runtime.executor import Executor
+    graph, ctx, records = optimize(graph, memory_budget)
     t0 = time.perf_counter()
-    graph, ctx, records = optimize(trace.graph, memory_budget)
-    t1 = time.perf_counter()
     executor = Executor(graph, ctx.memory)
-    ms = (time.perf_counter() - t1) * 1e3
+    ms = (time.perf_counter() - t0) * 1e3
     note = f"{len(executor.steps)} step(s); arena of {ctx.memory.arena_bytes:,} B allocated once"
     records.append(PassRecord("executor", graph.count("op"), graph.count("op"), ms, [note]))
+    return graph, ctx, records, executor
+
+
+def compile_trace(trace: Any, memory_budget: int | None = None) -> CompiledEntry:
+    """Optimize a trace's graph and build the executor that replays it."""
+    t0 = time.perf_counter()
+    graph, ctx, records, executor = build_plan(trace.graph, memory_budget)
     return CompiledEntry(trace, graph, executor, ctx, records, (time.perf_counter() - t0) * 1e3)

@@ -1315,8 +1315,7 @@ class SymbolicFunction:
 
     # -- specialization
     def _plan(self, sizes: dict[str, int]) -> _Plan:
-        from ..runtime.executor import Executor
-        from .compile import PassRecord, optimize
+        from .compile import build_plan
         t0 = time.perf_counter()
         g = Graph(self.name)
         m: dict[int, Any] = {}
@@ -1357,12 +1356,7 @@ class SymbolicFunction:
                               "ember.graph.symbolic's docstring)") from None
         g.outputs = [m[id(n)] for n in self.out_nodes]
         t1 = time.perf_counter()
-        graph, ctx, records = optimize(g, self.memory_budget)
-        t2 = time.perf_counter()
-        executor = Executor(graph, ctx.memory)
-        note = f"{len(executor.steps)} step(s); arena of {ctx.memory.arena_bytes:,} B allocated once"
-        records.append(PassRecord("executor", graph.count("op"), graph.count("op"),
-                                  (time.perf_counter() - t2) * 1e3, [note]))
+        graph, ctx, records, executor = build_plan(g, self.memory_budget)
         return _Plan(dict(sizes), g, graph, executor, ctx, records, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)
 
     # -- calling
