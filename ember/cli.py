@@ -320,16 +320,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
 def _add_run_parser(sub: Any) -> None:
     p = sub.add_parser(
         "run", help="run a script on N MPI processes (distributed training)",
@@ -347,14 +337,21 @@ def _add_run_parser(sub: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------- main
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_at_least(low: int, expected: str) -> Any:
+    """An argparse type: an integer of at least ``low``, else an error saying it expected ``expected``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_nonnegative_int = _int_at_least(0, "an integer >= 0")
 
 
 def _build_parser() -> argparse.ArgumentParser:
