@@ -487,6 +487,21 @@ def _emit_scalar_stages(em: _Emitter, inner: Any, combine: Any, simd: bool, spli
     return refs
 
 
+def _store_outputs(em: _Emitter, k: Kernel, nest: Any, split: bool, n_loops: int, refs: dict[int, str],
+                   guard: str = "") -> None:
+    """After a reduced kernel's stages: a last pass over the row for full-shape outputs (when they were not
+    stored in an earlier pass), then the reduced outputs (``guard`` prefixes their stores)."""
+    if k.full_outputs and em.store_pass > k.n_stages:
+        nest([], split, True)
+        em.store_full(dict(refs))
+        for _ in range(n_loops):
+            em.close()
+        em.loop_vars = []
+    for p, o in enumerate(k.outputs):
+        if o.reduced:
+            em.line(guard + em.store(p, o, refs[id(o.value)]))
+
+
 def _reduction_clause(accs: list) -> str:
     parts = []
     for r, acc, flag in accs:
@@ -526,15 +541,7 @@ def _render_c(k: Kernel, symbol: str) -> str:
             return len(red_dims)
 
         refs = _emit_scalar_stages(em, nest, lambda acc, r, flag: None, True, split)
-        if k.full_outputs and em.store_pass > k.n_stages:
-            nest([], split, True)
-            em.store_full(dict(refs))
-            for _ in red_dims:
-                em.close()
-            em.loop_vars = []
-        for p, o in enumerate(k.outputs):
-            if o.reduced:
-                em.line(em.store(p, o, refs[id(o.value)]))
+        _store_outputs(em, k, nest, split, len(red_dims), refs)
     else:
         last = len(plan.dims) - 1
         if plan.n_blocks > 1:
@@ -667,15 +674,7 @@ def _render_cuda(k: Kernel, symbol: str) -> tuple[str, dict]:
                        f"{acc} = (o_ {'>' if r.name == 'max' else '<'} {acc} || o_ != o_) ? o_ : {acc}; }}"))
 
         refs = _emit_scalar_stages(em, nest, combine, False, False)
-        if k.full_outputs and em.store_pass > k.n_stages:
-            nest([], False, True)
-            em.store_full(dict(refs))
-            for _ in red_dims:
-                em.close()
-            em.loop_vars = []
-        for p, o in enumerate(k.outputs):
-            if o.reduced:
-                em.line(("if (lane == 0) " if warp else "") + em.store(p, o, refs[id(o.value)]))
+        _store_outputs(em, k, nest, False, len(red_dims), refs, "if (lane == 0) " if warp else "")
         em.close()
     src = _signature(k, symbol, CUDA) + " {\n" + "\n".join(em.lines) + "\n}\n"
     grid = max(1, min(-(-threads // CUDA_BLOCK), 1 << 16))
