@@ -185,7 +185,7 @@ def _live_name(t: Tensor) -> str:
 # ----------------------------------------------------------------------------- pytrees and signatures
 
 
-def flatten(tree: Any, leaves: list, path: str = "") -> Any:
+def flatten(tree: Any, leaves: list) -> Any:
     """The structure of ``tree`` with tensors replaced by their index in ``leaves`` (appended)."""
     if isinstance(tree, Tensor):
         leaves.append(tree)
