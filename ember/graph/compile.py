@@ -26,15 +26,19 @@ class PassRecord:
     notes: list[str]
 
 
-def optimize(graph: Graph, memory_budget: int | None = None) -> tuple[Graph, PassContext, list[PassRecord]]:
+def optimize(graph: Graph, memory_budget: int | None = None,
+             fuse: bool = True) -> tuple[Graph, PassContext, list[PassRecord]]:
     """Apply every pass of ``PIPELINE`` in order; returns the graph, the pass context (with the memory
-    plan) and a record per pass."""
-    ctx = PassContext(memory_budget=memory_budget)
+    plan) and a record per pass. ``fuse=False`` skips kernel fusion (every node its own reference kernel)."""
+    ctx = PassContext(memory_budget=memory_budget, fuse=fuse)
     records = []
     debug = bool(os.environ.get("EMBER_DEBUG"))
     if debug:
         graph.verify()
+    unfused = None
     for p in PIPELINE:
+        if p.NAME == "fuse":
+            unfused = graph
         before = graph.count("op")
         t0 = time.perf_counter()
         graph, notes = p.run(graph, ctx)
@@ -42,6 +46,18 @@ def optimize(graph: Graph, memory_budget: int | None = None) -> tuple[Graph, Pas
         if debug:
             graph.verify()
         records.append(PassRecord(p.NAME, before, graph.count("op"), ms, notes))
+    if (memory_budget is not None and unfused is not graph and unfused is not None
+            and ctx.memory.planned_peak_bytes > memory_budget):
+        # Fused kernels keep their inputs and outputs alive together, which can undo what remat planned:
+        # the budget wins over speed.
+        from .passes import memory_plan
+        ctx.notes["fused_peak"] = ctx.memory.planned_peak_bytes
+        t0 = time.perf_counter()
+        graph, notes = memory_plan.run(unfused, ctx)
+        ms = (time.perf_counter() - t0) * 1e3
+        notes = [f"fusion undone: its plan needed {ctx.notes.get('fused_peak', 0):,} B"] + notes
+        ctx.notes["fuse"] = {"kernels": 0, "why": "undone to meet the memory budget"}
+        records.append(PassRecord("memory_plan", graph.count("op"), graph.count("op"), ms, notes))
     return graph, ctx, records
 
 
@@ -110,10 +126,11 @@ class CompiledEntry:
         return "\n".join(lines)
 
 
-def build_plan(graph: Graph, memory_budget: int | None = None) -> tuple[Graph, PassContext, list[PassRecord], Any]:
+def build_plan(graph: Graph, memory_budget: int | None = None,
+               fuse: bool = True) -> tuple[Graph, PassContext, list[PassRecord], Any]:
     """Optimize ``graph`` and build the executor that replays it; the executor's build is the last record."""
     from ..runtime.executor import Executor
-    graph, ctx, records = optimize(graph, memory_budget)
+    graph, ctx, records = optimize(graph, memory_budget, fuse)
     t0 = time.perf_counter()
     executor = Executor(graph, ctx.memory)
     ms = (time.perf_counter() - t0) * 1e3
@@ -122,8 +139,8 @@ def build_plan(graph: Graph, memory_budget: int | None = None) -> tuple[Graph, P
     return graph, ctx, records, executor
 
 
-def compile_trace(trace: Any, memory_budget: int | None = None) -> CompiledEntry:
+def compile_trace(trace: Any, memory_budget: int | None = None, fuse: bool = True) -> CompiledEntry:
     """Optimize a trace's graph and build the executor that replays it."""
     t0 = time.perf_counter()
-    graph, ctx, records, executor = build_plan(trace.graph, memory_budget)
+    graph, ctx, records, executor = build_plan(trace.graph, memory_budget, fuse)
     return CompiledEntry(trace, graph, executor, ctx, records, (time.perf_counter() - t0) * 1e3)

@@ -1224,22 +1224,25 @@ class _Plan:
 
 
 def compile(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
-            memory_budget: int | None = None, name: str | None = None) -> SymbolicFunction:
+            memory_budget: int | None = None, name: str | None = None, fuse: bool = True) -> SymbolicFunction:
     """A function computing ``outputs`` (symbols) from ``inputs`` (placeholders), optimized by the pass
     pipeline and run by the executor; specialized and cached per concrete input shapes (see the module
-    docstring). Call it with arrays or tensors, positionally or by placeholder name."""
+    docstring). Call it with arrays or tensors, positionally or by placeholder name. ``fuse=False`` runs
+    every node's NumPy reference kernel instead of generated fused kernels (see ``ember.jit``)."""
     ok = memory_budget is None or (isinstance(memory_budget, (int, np.integer)) and not isinstance(memory_budget, bool)
                                    and memory_budget > 0)
     if not ok:
         raise ValueError(f"compile: memory_budget must be a positive number of bytes, got {memory_budget!r}")
-    return SymbolicFunction(outputs, inputs, memory_budget, name)
+    return SymbolicFunction(outputs, inputs, memory_budget, name, fuse)
 
 
 class SymbolicFunction:
     """The result of ``ember.graph.compile``: call it with one array per input placeholder."""
 
-    def __init__(self, outputs: Any, inputs: Any, memory_budget: int | None = None, name: str | None = None) -> None:
+    def __init__(self, outputs: Any, inputs: Any, memory_budget: int | None = None, name: str | None = None,
+                 fuse: bool = True) -> None:
         self.name = name or "symbolic"
+        self.fuse = fuse
         self.memory_budget = memory_budget
         self._structure = (list if isinstance(outputs, list) else tuple) if isinstance(outputs, (list, tuple)) else None
         outs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
@@ -1356,7 +1359,7 @@ class SymbolicFunction:
                               "ember.graph.symbolic's docstring)") from None
         g.outputs = [m[id(n)] for n in self.out_nodes]
         t1 = time.perf_counter()
-        graph, ctx, records, executor = build_plan(g, self.memory_budget)
+        graph, ctx, records, executor = build_plan(g, self.memory_budget, self.fuse)
         return _Plan(dict(sizes), g, graph, executor, ctx, records, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)
 
     # -- calling

@@ -402,7 +402,9 @@ def _freeze_value(v: Any) -> Any:
 class CompiledFunction:
     """``fn`` compiled per input signature (see ``ember.jit``)."""
 
-    def __init__(self, fn: Callable, memory_budget: int | None = None, name: str | None = None) -> None:
+    def __init__(self, fn: Callable, memory_budget: int | None = None, name: str | None = None,
+                 fuse: bool = True) -> None:
+        self.fuse = fuse
         self.fn = fn
         self.memory_budget = memory_budget
         self.name = name or getattr(fn, "__qualname__", None) or type(fn).__name__
@@ -436,7 +438,7 @@ class CompiledFunction:
                               stacklevel=3)
             return result
         self._unstable.pop(key, None)
-        entry = compile_trace(tr, self.memory_budget)
+        entry = compile_trace(tr, self.memory_budget, self.fuse)
         self._cache[key] = entry
         self.last = entry
         return result
@@ -458,7 +460,8 @@ class CompiledFunction:
         return self.last.graph
 
 
-def jit(fn: Callable | None = None, *, memory_budget: int | None = None, name: str | None = None) -> Any:
+def jit(fn: Callable | None = None, *, memory_budget: int | None = None, name: str | None = None,
+        fuse: bool = True) -> Any:
     """Compile ``fn``: trace it on the first call per input signature, optimize the graph, plan its memory,
     and replay the plan on later calls. Usable as ``@ember.jit`` or ``ember.jit(fn, memory_budget=...)``.
 
@@ -466,12 +469,15 @@ def jit(fn: Callable | None = None, *, memory_budget: int | None = None, name: s
     ``zero_grad()``): parameters and optimizer state are written back in place after every run.
     ``memory_budget`` (bytes) makes the compiler recompute activations in the backward pass instead of
     keeping them, to keep the planned peak under the budget. Outputs do not carry autograd history.
+    ``fuse`` (default on when a C compiler is found; ``EMBER_FUSION=0`` turns it off everywhere) runs chains
+    of pointwise ops and reductions as generated C kernels; with ``fuse=False`` every node runs its NumPy
+    reference kernel, bit for bit as in eager mode.
     """
     if memory_budget is not None and (not isinstance(memory_budget, (int, np.integer)) or memory_budget <= 0):
         raise ValueError(f"ember.jit: memory_budget must be a positive number of bytes, got {memory_budget!r}")
     if fn is None:
-        return lambda f: CompiledFunction(f, memory_budget, name)
+        return lambda f: CompiledFunction(f, memory_budget, name, fuse)
     if not callable(fn):
         raise TypeError(f"ember.jit: expected a function, got {type(fn).__name__}")
-    return CompiledFunction(fn, memory_budget, name)
+    return CompiledFunction(fn, memory_budget, name, fuse)
 

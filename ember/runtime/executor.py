@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..graph.ir import Graph
+from ..graph.ir import Graph, Node
 from .memory import MemoryPlan
 
 
@@ -36,6 +36,9 @@ class Executor:
                 target_slot[id(target)] = slot
                 self.targets.append((slot, target))
         live_slot = {id(n.payload): n.id for n in nodes if n.kind == "live"}
+        self.target_slot = target_slot
+        self.live_slot = live_slot
+        fused = self._build_fused([n for n in nodes if n.kind == "op" and n.op.name == "fused"])
         for n in nodes:
             if n.kind == "input":
                 self.inputs.append((n.id, n.payload))
@@ -43,6 +46,12 @@ class Executor:
                 self.lives.append((n.id, n.payload))
             elif n.kind == "const":
                 self.env[n.id] = n.payload
+            elif n.op.name == "fused_output":
+                continue  # written by its kernel's step
+            elif n.op.name == "fused":
+                steps.append(fused[n.id])
+                for dead in plan.frees.get(n.id, ()):
+                    steps.append((_none, (), dead))
             else:
                 ins = tuple(i.id for i in n.inputs)
                 if n.id in plan.direct:
@@ -61,6 +70,123 @@ class Executor:
         owned = {n.id for n in nodes if n.kind == "op" and not n.is_view and n.id in plan.unplanned}
         self.output_copy = [n.id not in owned for n in graph.outputs]
         self.writes = [(v.id, target, v.id in plan.direct) for v, target in graph.writes]
+
+    def _build_fused(self, kernels: list[Node]) -> dict[int, tuple]:
+        """Generate, compile (one translation unit) and bind the graph's fused kernels: node id -> step."""
+        if not kernels:
+            self.program = None
+            return {}
+        from ..codegen import build
+        from .generated import kernel_for
+        plan, nodes = self.plan, self.graph.nodes
+        probe = self._probes()
+        users: dict[int, list[Node]] = {}
+        for n in nodes:
+            if n.kind == "op" and n.op.name == "fused_output":
+                users.setdefault(n.inputs[0].id, []).append(n)
+        inplace = {out for out, _ in plan.inplace}
+        built, meta = [], []
+        for k in kernels:
+            group = k.attrs["group"]
+            outs = sorted(users.get(k.id, []), key=lambda o: o.attrs["index"])
+            layouts = []
+            for i in k.inputs:
+                a = probe[i.id]
+                layouts.append((i.dtype, a.shape, tuple(s // a.itemsize for s in a.strides)))
+            kern, sources = kernel_for(group, layouts, noalias=not any(o.id in inplace for o in outs))
+            built.append(kern)
+            meta.append((k, outs, sources))
+        self.program = build(built, label=self.graph.name)
+        steps = {}
+        for kern, (k, outs, sources) in zip(built, meta):
+            steps[k.id] = (self._fused_step(self.program[kern.name], k, outs, sources, probe), (), k.id)
+        return steps
+
+    def _probes(self) -> dict[int, np.ndarray]:
+        """An array with the layout every value will have at run time (arena views, live tensors, empty
+        stand-ins for arguments and allocated results), views applied to them: kernels are specialized
+        on these strides."""
+        plan, probe = self.plan, {}
+        for n in self.graph.nodes:
+            if n.kind == "input" or (n.kind == "op" and n.op.name == "fused"):
+                a = np.empty(n.shape, n.dtype.np) if n.kind == "input" else None
+            elif n.kind == "live":
+                a = n.payload.data
+            elif n.kind == "const":
+                a = n.payload
+            elif n.is_view:
+                with np.errstate(all="ignore"):
+                    a = np.asarray(n.op.impl(np, probe[n.inputs[0].id], **n.attrs))
+            elif n.id in plan.offsets:
+                a = self._view(plan.offsets[n.id], n)
+            elif n.id in plan.direct:
+                a = plan.direct[n.id].data
+            else:
+                a = np.empty(n.shape, n.dtype.np)
+            probe[n.id] = a
+        return probe
+
+    def _fused_step(self, fn: Any, k: Node, outs: list[Node], sources: list[int], probe: dict) -> Callable:
+        """The step running kernel ``fn``: fixed pointers for arena buffers and constants, the others read
+        from the environment each run (checked against the layout the kernel was built for)."""
+        plan, env = self.plan, self.env
+        roots = {}
+        for n in self.graph.nodes:
+            roots[n.id] = roots[n.inputs[0].id] if n.is_view and n.inputs else n
+
+        def static(n: Node) -> bool:
+            """Arena buffers and constants (and views that really alias them) never move between runs."""
+            r = roots[n.id]
+            if not (r.kind == "const" or (r.kind == "op" and r.id in plan.offsets)):
+                return False
+            return r is n or np.may_share_memory(probe[n.id], probe[r.id])
+
+        ptrs: list[int] = []
+        dynamic: list[tuple[int, int, Any]] = []  # (position, env slot, expected strides or None for outputs)
+        allocate: list[tuple[int, int, Any, Any]] = []  # (position, env slot, shape, dtype): fresh outputs
+        publish: list[tuple[int, int]] = []  # (env slot of an output, env slot of its target array)
+        for o in outs:
+            if o.id in plan.offsets:
+                env[o.id] = probe[o.id]
+                ptrs.append(probe[o.id].ctypes.data)
+            elif o.id in plan.direct:
+                target = plan.direct[o.id]
+                slot = self.live_slot.get(id(target), self.target_slot.get(id(target)))
+                dynamic.append((len(ptrs), slot, None))
+                publish.append((o.id, slot))
+                ptrs.append(0)
+            else:
+                allocate.append((len(ptrs), o.id, o.shape, o.dtype.np))
+                ptrs.append(0)
+        for src in sources:
+            i = k.inputs[src]
+            if static(i):
+                ptrs.append(probe[i.id].ctypes.data)
+            else:
+                dynamic.append((len(ptrs), i.id, probe[i.id].strides))
+                ptrs.append(0)
+        f, n_tiles = fn._f, fn.n_tiles
+        if not dynamic and not allocate:
+            def run_static() -> None:
+                f(*ptrs, 0, n_tiles)
+            return run_static
+
+        def run() -> None:
+            args = list(ptrs)
+            for pos, slot, strides in dynamic:
+                a = env[slot]
+                if strides is not None and a.strides != strides:
+                    a = _relayout(a, strides, k)
+                    env[slot] = a
+                args[pos] = a.ctypes.data
+            for pos, slot, shape, dtype in allocate:
+                a = np.empty(shape, dtype)
+                env[slot] = a
+                args[pos] = a.ctypes.data
+            f(*args, 0, n_tiles)
+            for slot, target in publish:
+                env[slot] = env[target]
+        return run
 
     def _view(self, offset: int, node: Any) -> np.ndarray:
         nbytes = node.nbytes
@@ -87,6 +213,17 @@ class Executor:
             a = env[slot]
             results.append(np.array(a, copy=True) if copy and isinstance(a, np.ndarray) else a)
         return results
+
+
+def _relayout(a: np.ndarray, strides: tuple, k: Node) -> np.ndarray:
+    """``a`` with the byte ``strides`` a kernel was built for (a C-contiguous copy when that is what it
+    expects: arguments passed as non-contiguous views)."""
+    want = np.empty(a.shape, a.dtype)
+    if want.strides != strides and a.size > 1:
+        raise RuntimeError(f"fused kernel {k.attrs['group'].name}: an input has strides {a.strides}, the kernel "
+                           f"was built for {strides}")
+    np.copyto(want, a)
+    return want
 
 
 def _none() -> None:

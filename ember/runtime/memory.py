@@ -69,6 +69,29 @@ def last_uses(graph: Graph, roots: list[Node]) -> list[int]:
     return last
 
 
+def _fused_marker(*args: Any) -> None:
+    """Stands in ``plan.kernels`` for a fused kernel's outputs: the executor runs the kernel itself."""
+    raise AssertionError("fused outputs are written by their kernel's step")
+
+
+def _reader(n: Node) -> tuple[int, tuple]:
+    """The step that computes ``n`` and the values read there (a fused output is born with its kernel)."""
+    if n.op.name == "fused_output":
+        k = n.inputs[0]
+        return k.id, k.inputs
+    return n.id, n.inputs
+
+
+def _overwrites_ok(n: Node, i: Node) -> bool:
+    """Whether ``n`` may be computed into the buffer of its input ``i`` (read in the same step): each
+    output element must depend only on ``i`` at the same index."""
+    if n.op.name == "fused_output":
+        k = n.inputs[0]
+        group = k.attrs["group"]
+        return group.elementwise and all(group.full_loads(j) for j, u in enumerate(k.inputs) if u is i)
+    return n.op.elementwise or n.op.ufunc is not None
+
+
 def plan_memory(graph: Graph) -> MemoryPlan:
     """The memory plan of ``graph`` (its nodes in execution order)."""
     plan = MemoryPlan()
@@ -82,7 +105,7 @@ def plan_memory(graph: Graph) -> MemoryPlan:
 
     for n in nodes:
         if n.kind == "op" and not n.is_view:
-            k = out_kernel(n)
+            k = _fused_marker if n.op.name == "fused_output" else out_kernel(n)
             if k is not None:
                 plan.kernels[n.id] = k
 
@@ -96,9 +119,10 @@ def plan_memory(graph: Graph) -> MemoryPlan:
         old = live_node.get(id(target))
         if old is not None:
             # The old value must be dead once v runs; at v itself it may only be a same-shaped elementwise input.
-            if last[old.id] > v.id or any(roots[u.id] is old and u is not old for u in v.inputs):
+            step, reads = _reader(v)
+            if last[old.id] > step or any(roots[u.id] is old and u is not old for u in reads):
                 continue
-            if last[old.id] == v.id and not (v.op.elementwise or v.op.ufunc is not None):
+            if last[old.id] == step and not _overwrites_ok(v, old):
                 continue
         plan.direct[v.id] = target
 
@@ -107,28 +131,31 @@ def plan_memory(graph: Graph) -> MemoryPlan:
     start: dict[int, int] = {}
     end: dict[int, int] = {}
     size: dict[int, int] = {}
+    taken: set[int] = set()  # inputs already overwritten by an output of the same step
     for n in nodes:
-        if n.kind != "op" or n.is_view or n.id in plan.direct:
+        if n.kind != "op" or n.is_view or n.id in plan.direct or n.op.name == "fused":
             continue
         if n.id not in plan.kernels or n.id in outputs:
             plan.unplanned.add(n.id)
             continue
+        step, reads = _reader(n)
         reused = None
-        if (n.op.elementwise or n.op.ufunc is not None) and not is_effectful(n.op, n.attrs):
-            for i in n.inputs:
-                if (i.id in group and last[i.id] == n.id and roots[i.id] is i and i.shape == n.shape
-                        and i.dtype is n.dtype
-                        and all(roots[u.id] is not i or u is i for u in n.inputs)):
+        if not is_effectful(n.op, n.attrs):
+            for i in reads:
+                if (i.id in group and i.id not in taken and last[i.id] == step and roots[i.id] is i
+                        and i.shape == n.shape and i.dtype is n.dtype and _overwrites_ok(n, i)
+                        and all(roots[u.id] is not i or u is i for u in reads)):
                     reused = i
                     break
         if reused is not None:
             gid = group[reused.id]
             group[n.id] = gid
+            taken.add(reused.id)
             end[gid] = max(end[gid], last[n.id])
             plan.inplace.append((n.id, reused.id))
         else:
             group[n.id] = n.id
-            start[n.id], end[n.id], size[n.id] = n.id, last[n.id], _aligned(max(n.nbytes, 1))
+            start[n.id], end[n.id], size[n.id] = step, last[n.id], _aligned(max(n.nbytes, 1))
 
     # Greedy by size, best fit among lifetime-overlapping buffers.
     order = sorted(start, key=lambda g: (-size[g], start[g]))
@@ -163,11 +190,12 @@ def plan_memory(graph: Graph) -> MemoryPlan:
         if n.kind != "op" or n.is_view:
             continue
         plan.naive_bytes += n.nbytes
-        if n.id in plan.direct or n.id in outputs:
+        if n.id in plan.direct or n.id in outputs or n.op.name == "fused":
             continue
-        timeline[n.id:last[n.id] + 1] += n.nbytes
+        born = _reader(n)[0]
+        timeline[born:last[n.id] + 1] += n.nbytes
         if n.id in plan.unplanned:
-            un_timeline[n.id:last[n.id] + 1] += n.nbytes
+            un_timeline[born:last[n.id] + 1] += n.nbytes
             if last[n.id] < len(nodes):
                 plan.frees.setdefault(last[n.id], []).append(n.id)
     plan.live_peak_bytes = int(timeline.max()) if len(nodes) else 0

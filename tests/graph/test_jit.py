@@ -16,6 +16,16 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import train_steps as ts  # noqa: E402
 
+# Unfused, compiled mode runs eager's NumPy kernels: bit for bit. Fused kernels reorder float arithmetic
+# (sums accumulate in double, exp/tanh/erf are vectorized to <= 2.6 ulp): after 5 training steps the
+# losses agree to a relative 1e-5 and the parameters to 1e-5 absolute.
+TOL = {False: 0.0, True: 1e-5}
+FUSE = [pytest.param(False, id="unfused"), pytest.param(True, id="fused")]
+
+
+def _same(a: float, e: float, fuse: bool) -> bool:
+    return abs(a - e) <= TOL[fuse] * (1.0 + abs(e))
+
 
 def _params_equal(m1: nn.Module, m2: nn.Module) -> float:
     return max(float(np.abs(p.data - q.data).max()) for p, q in zip(m1.parameters(), m2.parameters()))
@@ -44,8 +54,9 @@ def _workload_step(name: str, model: nn.Module, opts: list, loss_fn: object):
     return step
 
 
+@pytest.mark.parametrize("fuse", FUSE)
 @pytest.mark.parametrize("name", ["mlp", "cnn", "gpt"])
-def test_benchmark_workloads_compiled_equal_eager_bit_for_bit(name: str) -> None:
+def test_benchmark_workloads_compiled_equal_eager(name: str, fuse: bool) -> None:
     c = ts.QUICK[name]
     built = []
     for _ in range(2):
@@ -54,16 +65,16 @@ def test_benchmark_workloads_compiled_equal_eager_bit_for_bit(name: str) -> None
     (m1, o1, l1), (m2, o2, l2) = built
     _capturable(o1 + o2)
     batches = [tuple(ember.from_numpy(a) for a in b) for b in ts.make_batches(name, c, 0)]
-    compiled = ember.jit(_workload_step(name, m1, o1, l1))
+    compiled = ember.jit(_workload_step(name, m1, o1, l1), fuse=fuse)
     eager = _workload_step(name, m2, o2, l2)
     for i in range(5):
         a, e = compiled(*batches[i % 4]), eager(*batches[i % 4])
-        assert float(a) == float(e)
-        assert _params_equal(m1, m2) == 0.0
+        assert _same(float(a), float(e), fuse)
+        assert _params_equal(m1, m2) <= TOL[fuse]
     assert compiled.last is not None and compiled.last.runs == 3  # traced twice (state made on call 1), then replayed
     for o, p in zip(o1[0].state.values(), o2[0].state.values()):
         for k in o:
-            assert np.array_equal(o[k].data, p[k].data), k
+            assert np.allclose(o[k].data, p[k].data, rtol=TOL[fuse] * 10, atol=TOL[fuse]), k
 
 
 def _lstm_model() -> tuple[nn.Module, ember.optim.Optimizer]:
@@ -83,7 +94,8 @@ def _lstm_model() -> tuple[nn.Module, ember.optim.Optimizer]:
     return m, ember.optim.RMSprop(m.parameters(), lr=1e-2)
 
 
-def test_lstm_with_dropout_and_clipping_equals_eager_with_fresh_random_numbers() -> None:
+@pytest.mark.parametrize("fuse", FUSE)
+def test_lstm_with_dropout_and_clipping_equals_eager_with_fresh_random_numbers(fuse: bool) -> None:
     (m1, o1), (m2, o2) = _lstm_model(), _lstm_model()
     loss_fn = nn.CrossEntropyLoss()
 
@@ -97,7 +109,7 @@ def test_lstm_with_dropout_and_clipping_equals_eager_with_fresh_random_numbers()
             return loss.detach()
         return step
 
-    compiled, eager = ember.jit(make(m1, o1)), make(m2, o2)
+    compiled, eager = ember.jit(make(m1, o1), fuse=fuse), make(m2, o2)
     rng = np.random.default_rng(0)
     x = ember.tensor(rng.standard_normal((4, 6, 8)).astype(np.float32))
     y = ember.tensor(rng.integers(0, 3, 4))
@@ -107,13 +119,14 @@ def test_lstm_with_dropout_and_clipping_equals_eager_with_fresh_random_numbers()
         a = compiled(x, y)
         ember.set_rng_state(state)
         e = eager(x, y)
-        assert float(a) == float(e)
-        assert _params_equal(m1, m2) == 0.0
+        assert _same(float(a), float(e), fuse)
+        assert _params_equal(m1, m2) <= TOL[fuse]
         losses.append(float(a))
     assert compiled.last.runs >= 3
 
 
-def test_ctr_with_dense_embeddings_equals_eager() -> None:
+@pytest.mark.parametrize("fuse", FUSE)
+def test_ctr_with_dense_embeddings_equals_eager(fuse: bool) -> None:
     def build():
         ember.manual_seed(0)
         emb = nn.EmbeddingBag(50, 4, mode="mean")
@@ -134,14 +147,14 @@ def test_ctr_with_dense_embeddings_equals_eager() -> None:
         return step
 
     a, b = build(), build()
-    compiled, eager = ember.jit(make(*a)), make(*b)
+    compiled, eager = ember.jit(make(*a), fuse=fuse), make(*b)
     rng = np.random.default_rng(1)
     for _ in range(4):
         ids = ember.tensor(rng.integers(0, 50, (16, 3)))
         dense = ember.tensor(rng.standard_normal((16, 3)).astype(np.float32))
         y = ember.tensor(rng.integers(0, 2, 16).astype(np.float32))
-        assert float(compiled(ids, dense, y)) == float(eager(ids, dense, y))
-    assert max(_params_equal(x, y) for x, y in zip(a[:2], b[:2])) == 0.0
+        assert _same(float(compiled(ids, dense, y)), float(eager(ids, dense, y)), fuse)
+    assert max(_params_equal(x, y) for x, y in zip(a[:2], b[:2])) <= TOL[fuse]
 
 
 def test_default_adam_compiles_to_the_capturable_formula() -> None:
@@ -155,7 +168,7 @@ def test_default_adam_compiles_to_the_capturable_formula() -> None:
         model, _, loss_fn = ts.build_mlp(ember, c)
         opt = ember.optim.Adam(model.parameters(), lr=1e-3, capturable=capturable)
         step = _workload_step("mlp", model, [opt], loss_fn)
-        step = ember.jit(step) if compiled else step
+        step = ember.jit(step, fuse=False) if compiled else step
         batches = [tuple(ember.from_numpy(a) for a in b) for b in ts.make_batches("mlp", c, 0)]
         losses.append([float(step(*batches[i])) for i in range(4)])
         runs.append(model)
@@ -180,7 +193,7 @@ def _tiny():
 def test_scheduler_changes_the_learning_rate_without_retracing() -> None:
     model, opt, step = _tiny()
     ref_model, ref_opt, ref_step = _tiny()
-    f = ember.jit(step)
+    f = ember.jit(step, fuse=False)
     sched = ember.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
     ref_sched = ember.optim.lr_scheduler.StepLR(ref_opt, 1, gamma=0.5)
     x, y = ember.randn(3, 5), ember.randn(3, 2)
@@ -237,7 +250,7 @@ def test_gradient_accumulation_reads_the_live_grad() -> None:
             ((m(x) - y) ** 2).mean().backward()
         return step
 
-    f, g = ember.jit(accumulate(model)), accumulate(ref)
+    f, g = ember.jit(accumulate(model), fuse=False), accumulate(ref)
     x, y = ember.randn(3, 5), ember.randn(3, 2)
     for _ in range(4):
         f(x, y)
@@ -338,7 +351,8 @@ def test_gpt_memory_plan_and_half_budget_keep_the_loss_curve() -> None:
     for _ in range(2):
         ember.manual_seed(0)
         model, opts, _ = ts.build_gpt(ember, c)
-        f = ember.jit(_workload_step("gpt", model, opts, None), memory_budget=budget)
+        # The budget is half the unfused plan; under it the compiler keeps fusion only if its plan fits.
+        f = ember.jit(_workload_step("gpt", model, opts, None), memory_budget=budget, fuse=budget is not None)
         runs.append([float(f(*batches[i % 4])) for i in range(5)])
         mem = f.last.ctx.memory
         if budget is None:
@@ -346,7 +360,8 @@ def test_gpt_memory_plan_and_half_budget_keep_the_loss_curve() -> None:
             budget = mem.planned_peak_bytes // 2
     assert f.last.ctx.memory.planned_peak_bytes <= budget
     assert "remat" in f.explain(file=open("/dev/null", "w"))
-    assert runs[0] == runs[1]
+    fused = f.last.ctx.notes["fuse"]["kernels"] > 0
+    assert np.allclose(runs[0], runs[1], rtol=TOL[fused], atol=0)
 
 
 def test_integer_tensor_indexing_traces_as_take_and_masks_raise() -> None:

@@ -10,16 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import algebraic, constant_fold, cse, dce, layout, memory_plan, remat
+from . import algebraic, constant_fold, cse, dce, fuse, layout, memory_plan, remat
 
 
 @dataclass
 class PassContext:
     memory_budget: int | None = None
+    fuse: bool = True
     memory: Any = None
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-PIPELINE = [dce, cse, constant_fold, algebraic, layout, cse, dce, remat, memory_plan]
+PIPELINE = [dce, cse, constant_fold, algebraic, layout, cse, dce, remat, fuse, memory_plan]
 
 __all__ = ["PIPELINE", "PassContext"]
