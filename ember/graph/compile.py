@@ -17,6 +17,11 @@ from .ir import Graph
 from .passes import PIPELINE, PassContext
 
 
+def _debug_level() -> int:
+    from ..codegen.cc import debug_level
+    return debug_level()
+
+
 @dataclass
 class PassRecord:
     name: str
@@ -98,7 +103,10 @@ class CompiledEntry:
         tr = self.trace
         for sync in tr.syncs:
             sync()
-        arrays = self.executor.run([t.data for t in leaves])
+        if self.runs == 0 and _debug_level() >= 2:
+            arrays = self._profiled_run([t.data for t in leaves])
+        else:
+            arrays = self.executor.run([t.data for t in leaves])
         for leaf, grad in tr.grad_final:
             if leaf.grad is not grad:
                 leaf.grad = grad
@@ -108,6 +116,18 @@ class CompiledEntry:
         self.runs += 1
         outs = [_make(a, n.dtype, n.device) for a, n in zip(arrays, self.graph.outputs)]
         return unflatten(tr.out_spec, outs)
+
+    def _profiled_run(self, args: list) -> list:
+        """``EMBER_DEBUG=2``: the first run timed step by step, the generated kernels printed with their times."""
+        import sys
+        timings = self.executor.profile(args)
+        total = sum(t for _, t in timings)
+        print(f"[ember.jit] {self.graph.name}: first run {total * 1e3:.2f} ms in {len(timings)} step(s)",
+              file=sys.stderr)
+        for label, t in timings:
+            if label.startswith("k") and "[" in label:
+                print(f"[ember.jit]   {t * 1e3:8.3f} ms  {label}", file=sys.stderr)
+        return self.executor.run(args)
 
     def explain(self) -> str:
         tr, g, mem = self.trace, self.graph, self.ctx.memory

@@ -192,6 +192,27 @@ class Executor:
         nbytes = node.nbytes
         return self.arena[offset:offset + nbytes].view(node.dtype.np).reshape(node.shape)
 
+    def profile(self, args: list[Any]) -> list[tuple[str, float]]:
+        """Run once, timing every step: ``[(label, seconds)]`` in execution order (kernels by name, other
+        nodes by op)."""
+        import time
+        labels = {}
+        for n in self.graph.nodes:
+            if n.kind == "op":
+                labels[n.id] = n.attrs["group"].describe() if n.op.name == "fused" else n.op.name
+        steps, self.steps = self.steps, []
+        try:
+            self.run(args)  # binds inputs, lives and targets
+        finally:
+            self.steps = steps
+        env, out = self.env, []
+        with np.errstate(all="ignore"):
+            for fn, ins, slot in steps:
+                t0 = time.perf_counter()
+                env[slot] = fn(*[env[i] for i in ins])
+                out.append((labels.get(slot, "free"), time.perf_counter() - t0))
+        return out
+
     def run(self, args: list[Any]) -> list[Any]:
         env = self.env
         for slot, index in self.inputs:
