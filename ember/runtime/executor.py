@@ -70,6 +70,74 @@ class Executor:
         owned = {n.id for n in nodes if n.kind == "op" and not n.is_view and n.id in plan.unplanned}
         self.output_copy = [n.id not in owned for n in graph.outputs]
         self.writes = [(v.id, target, v.id in plan.direct) for v, target in graph.writes]
+        self.schedule = None
+        if engine_mode() == "threaded":
+            self.schedule = self._build_schedule()
+            if self.schedule.inline:
+                self.schedule = None  # no two independent steps: the plain loop is the same, with less overhead
+
+    def _build_schedule(self) -> Any:
+        """The steps as a dependency DAG for the threaded engine (``ember.runtime.engine``). Each step reads
+        and writes buffer keys: an arena offset, a live tensor, an argument, or a node's own array; arena
+        buffers that partly overlap an earlier one get explicit edges from all of its readers."""
+        from .engine import Schedule
+        plan, nodes = self.plan, self.graph.nodes
+        roots: list[Node] = []
+        for n in nodes:
+            roots.append(roots[n.inputs[0].id] if n.is_view and n.inputs else n)
+        target_key = {}
+        for v, target in self.graph.writes:
+            if v.id in plan.direct:
+                target_key[v.id] = ("live", id(target))
+
+        def key(n: Node) -> Any:
+            r = roots[n.id]
+            if r.kind == "live":
+                return ("live", id(r.payload))
+            if r.kind == "input":
+                return ("input", r.payload)
+            if r.id in target_key:
+                return target_key[r.id]
+            if r.id in plan.offsets:
+                return ("arena", plan.offsets[r.id])
+            return ("node", r.id)
+
+        outputs_of: dict[int, list[Node]] = {}
+        for n in nodes:
+            if n.kind == "op" and n.op.name == "fused_output":
+                outputs_of.setdefault(n.inputs[0].id, []).append(n)
+        steps, step_nodes = [], []
+        env = self.env
+        for fn, ins, out in self.steps:
+            n = nodes[out] if out < len(nodes) else None
+            if fn is _none:
+                reads, writes = (), (key(nodes[out]),)
+            elif n is not None and n.op.name == "fused":
+                reads = tuple(key(i) for i in n.inputs)
+                writes = tuple(key(o) for o in outputs_of.get(n.id, []))
+            else:
+                reads, writes = tuple(key(nodes[i]) for i in ins), (key(n),)
+            steps.append((_scheduled(fn, ins, out, env), reads, writes))
+            step_nodes.append(n)
+        # Arena buffers at different offsets whose byte ranges overlap: order the later writer after
+        # every step that touched the earlier buffer.
+        touched: dict[Any, list[int]] = {}
+        born: list[tuple[int, int, int]] = []  # (offset, end, step) of each arena buffer's first write
+        continued = {n for n, _ in plan.inplace}  # these write into an input's buffer: not a new buffer
+        for k, (_, reads, writes) in enumerate(steps):
+            for b in (*reads, *writes):
+                touched.setdefault(b, []).append(k)
+            n = step_nodes[k]
+            outs = outputs_of.get(n.id, []) if n is not None and n.op.name == "fused" else [n] if n is not None else []
+            for o in outs:
+                if o.id in plan.offsets and o.id not in continued:
+                    born.append((plan.offsets[o.id], plan.offsets[o.id] + max(o.nbytes, 1), k))
+        extra = []
+        for off, end, k in born:
+            for off2, end2, k2 in born:
+                if k2 < k and off2 != off and off2 < end and off < end2:
+                    extra.extend((j, k) for j in touched[("arena", off2)] if j < k)
+        return Schedule(steps, extra_edges=sorted(set(extra)))
 
     def _build_fused(self, kernels: list[Node]) -> dict[int, tuple]:
         """Generate, compile (one translation unit) and bind the graph's fused kernels: node id -> step."""
@@ -221,9 +289,12 @@ class Executor:
             env[slot] = t.data
         for slot, t in self.targets:
             env[slot] = t.data
-        with np.errstate(all="ignore"):
-            for fn, ins, out in self.steps:
-                env[out] = fn(*[env[i] for i in ins])
+        if self.schedule is None:
+            with np.errstate(all="ignore"):
+                for fn, ins, out in self.steps:
+                    env[out] = fn(*[env[i] for i in ins])
+        else:
+            self.schedule.run()
         for slot, target, direct in self.writes:
             if direct:
                 continue
@@ -234,6 +305,25 @@ class Executor:
             a = env[slot]
             results.append(np.array(a, copy=True) if copy and isinstance(a, np.ndarray) else a)
         return results
+
+
+def engine_mode() -> str:
+    """How compiled plans run: ``EMBER_ENGINE`` (``naive``: the steps in order; ``threaded``: independent
+    steps concurrently on the dependency engine). Default ``naive``: on this project's 2-core benchmark
+    machine BLAS and the generated kernels already use every core, and running two at once was slower."""
+    import os
+    mode = os.environ.get("EMBER_ENGINE", "naive").strip().lower() or "naive"
+    if mode not in ("naive", "threaded"):
+        raise ValueError(f"EMBER_ENGINE must be one of 'naive', 'threaded', got {mode!r}")
+    return mode
+
+
+def _scheduled(fn: Callable, ins: tuple, out: int, env: list) -> Callable[[], None]:
+    def step() -> None:
+        with np.errstate(all="ignore"):  # error state is per thread: set it in the worker
+            env[out] = fn(*[env[i] for i in ins])
+    step.__name__ = getattr(fn, "__name__", "step")
+    return step
 
 
 def _relayout(a: np.ndarray, strides: tuple, k: Node) -> np.ndarray:
