@@ -244,3 +244,14 @@ def test_engine_mode_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMBER_ENGINE", "async")
     with pytest.raises(ValueError, match="EMBER_ENGINE must be one of"):
         ember.jit(lambda t: t * 2)(rand(3))
+
+
+def test_gemm_bias_and_activation_are_one_epilogue_kernel_after_the_gemm() -> None:
+    layer = ember.nn.Linear(24, 40)
+    x = rand(9, 24)
+    f, (a,), (r,) = both(lambda t: (layer(t).relu() + 1.0) * 0.5, x)
+    hist = f.graph.op_histogram()
+    assert hist.get("linear") == 1 and hist.get("fused") == 1, f.graph
+    assert [len(n.inputs) for n in f.graph.nodes if n.kind == "op" and n.op.name == "linear"] == [2]  # bias moved
+    close(a, r)
+    assert "epilogue" in f.explain()

@@ -368,6 +368,7 @@ def run(graph: Graph, ctx: Any) -> tuple[Graph, list[str]]:
             "no C compiler found: running unfused with the reference kernels"
         ctx.notes["fuse"] = {"kernels": 0, "why": why}
         return graph, [why]
+    graph, split = split_epilogues(graph)
     parts = decide(graph)
     if not parts:
         ctx.notes["fuse"] = {"kernels": 0}
@@ -443,6 +444,32 @@ def run(graph: Graph, ctx: Any) -> tuple[Graph, list[str]]:
         hist[size] = hist.get(size, 0) + 1
     new.outputs = [m[n.id] for n in graph.outputs]
     new.writes = [(m[v.id], t) for v, t in graph.writes]
-    ctx.notes["fuse"] = {"kernels": n_kernels, "members": n_members}
-    return new, [f"{n_members} pointwise/reduction node(s) -> {n_kernels} fused kernel(s) "
-                 f"(ops per kernel: " + ", ".join(f"{k}: {v}" for k, v in sorted(hist.items())) + ")"]
+    ctx.notes["fuse"] = {"kernels": n_kernels, "members": n_members, "epilogues": split}
+    notes = [f"{n_members} pointwise/reduction node(s) -> {n_kernels} fused kernel(s) "
+             f"(ops per kernel: " + ", ".join(f"{k}: {v}" for k, v in sorted(hist.items())) + ")"]
+    if split:
+        notes.append(f"{split} GEMM bias add(s) moved into the fused epilogue after the GEMM")
+    return new, notes
+
+
+def split_epilogues(graph: Graph) -> tuple[Graph, int]:
+    """``linear(x, w, b)`` whose every reader is a fusible pointwise node becomes ``linear(x, w) + b``: the
+    GEMM stays a BLAS call and its bias add joins the epilogue kernel (bias + activation + residual in one
+    pass over the output instead of two)."""
+    from ...ops.registry import REGISTRY
+    users = graph.users()
+    roots = {n.id for n in graph.roots()}
+    targets = {n.id for n in graph.nodes if n.kind == "op" and n.op.name == "linear" and len(n.inputs) == 3
+               and n.device.type == "cpu" and n.id not in roots and users[n.id]
+               and all(fusible(u) == "pointwise" for u in users[n.id])}
+    if not targets:
+        return graph, 0
+    add = REGISTRY["add"]
+
+    def rewrite(g: Graph, n: Node, ins: tuple) -> Node | None:
+        if n.id not in targets:
+            return None
+        gemm = g.make(n.op, ins[:2], n.attrs, n.shape, n.dtype, n.device)
+        return g.make(add, (gemm, ins[2]), {}, n.shape, n.dtype, n.device)
+    new, _ = graph.rebuild(rewrite)
+    return new, len(targets)
