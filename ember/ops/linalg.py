@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..codegen import index_kernels as _ik
 from ..errors import DTypeError, ShapeError
 from ..tensor import Tensor
 from ._shape import broadcast_shapes
@@ -221,6 +222,10 @@ def _unfold_impl(xp: Any, x: Any, kernel: tuple, stride: tuple, padding: tuple, 
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     oh, ow = _geometry(x.shape, kernel, stride, padding, dilation)
+    if xp is np:
+        cols = _ik.im2col(x, kernel, stride, padding, dilation, pad_value, (oh, ow))
+        if cols is not None:
+            return cols
     if any(padding):
         pt, pb, pl, pr = padding
         buf = xp.empty((c, n, h + pt + pb, w + pl + pr), dtype=x.dtype)
@@ -244,6 +249,10 @@ def _fold_infer(cols: Tensor, size: tuple, kernel: tuple, stride: tuple, padding
 
 def _fold_impl(xp: Any, cols: Any, size: tuple, kernel: tuple, stride: tuple, padding: tuple,
                dilation: tuple) -> Any:
+    if xp is np:
+        out = _ik.col2im(cols, size, kernel, stride, padding, dilation)
+        if out is not None:
+            return out
     c, kh, kw, n, oh, ow = cols.shape
     h, w = size
     pt, pb, pl, pr = padding

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import dtypes as _dt
+from ..codegen import index_kernels as _ik
 from ..errors import DTypeError, EmberIndexError, ShapeError
 from ..tensor import Tensor
 from ._shape import normalize_dim
@@ -206,6 +207,10 @@ def _full_index(xp: Any, index: Any, axis: int) -> tuple:
 
 
 def _gather_impl(xp: Any, x: Any, index: Any, axis: int) -> Any:
+    if xp is np:
+        out = _ik.gather(x, index, axis)
+        if out is not None:
+            return out
     n = x.shape[axis]
     if index.size and (index.min() < -n or index.max() >= n):
         raise EmberIndexError(f"gather: index out of range for dimension {axis} of size {n} "
@@ -221,6 +226,10 @@ def _scatter_add_infer(x: Tensor, index: Tensor, src: Tensor, axis: int) -> tupl
 
 
 def _scatter_add_impl(xp: Any, x: Any, index: Any, src: Any, axis: int) -> Any:
+    if xp is np:
+        out = _ik.scatter_add(x, index, src, axis)
+        if out is not None:
+            return out
     n = x.shape[axis]
     if index.size and (index.min() < -n or index.max() >= n):
         raise EmberIndexError(f"scatter_add: index out of range for dimension {axis} of size {n} "
@@ -658,6 +667,10 @@ _HEAVY = 32  # index_add: an index repeated more often than this has its rows su
 
 
 def _index_add_impl(xp: Any, x: Any, index: Any, src: Any, axis: int) -> Any:
+    if xp is np:
+        out = _ik.index_add(x, index, src, axis)
+        if out is not None:
+            return out
     n = x.shape[axis]
     _check_range(xp, "index_add", index, n, axis, x.shape)
     out = _writable_copy(xp, x)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .. import dtypes as _dt
+from ..codegen import index_kernels as _ik
 from ..errors import DTypeError
 from ..tensor import Tensor
 from ._shape import normalize_dim, normalize_dims
@@ -121,6 +122,10 @@ def _arg_infer(name: str):
 
 def _arg_impl(kernel: str):
     def impl(xp: Any, x: Any, axis: int | None, keepdim: bool) -> Any:
+        if xp is np and axis is not None:
+            out = _ik.argext(x, axis, keepdim, kernel == "argmax")
+            if out is not None:
+                return out
         out = getattr(xp, kernel)(x, axis=axis, keepdims=keepdim)
         return out
     return impl

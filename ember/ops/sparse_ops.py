@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .. import dtypes as _dt
+from ..codegen import index_kernels as _ik
 from ..errors import DTypeError, EmberIndexError, ShapeError
 from ..tensor import Tensor
 from ._shape import normalize_dim
@@ -102,6 +103,10 @@ def coalesce_rows(xp: Any, ids: Any, vals: Any) -> tuple[Any, Any, Any]:
 
 
 def _segment_sum_impl(xp: Any, x: Any, offsets: Any, segment_ids: Any) -> Any:
+    if xp is np:
+        out = _ik.segment_sum(x, offsets)
+        if out is not None:
+            return out
     n, b = x.shape[0], offsets.shape[0]
     if n == 0 or b == 0:
         return xp.zeros((b,) + x.shape[1:], dtype=x.dtype)
@@ -291,6 +296,10 @@ def _scatter_rows_infer(g: Tensor, ids: Tensor, num: int) -> tuple:
 
 
 def _scatter_rows_impl(xp: Any, g: Any, ids: Any, num: int) -> Any:
+    if xp is np:
+        out = _ik.scatter_rows(g, ids, num)
+        if out is not None:
+            return out
     _rows_range(xp, "scatter_rows", ids, num)
     out = xp.zeros((num,) + g.shape[1:], dtype=g.dtype)
     if ids.shape[0]:
