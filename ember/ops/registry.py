@@ -10,6 +10,11 @@ An ``Op`` is a small record (JAX-style side tables, per DESIGN.md):
 
 ``apply`` is the only place where eager execution (run the kernel now, record a
 tape node) and tracing (add a graph node) diverge.
+
+``composite`` marks plain functions over primitives (softmax, layer_norm, cross_entropy, ...). Called
+eagerly on large enough CPU tensors, a composite runs compiled: fused C kernels built once per shape
+signature and cached, gradients from a compiled backward (``ember.ops.compiled_composite``). Set
+``EMBER_EAGER_FUSION=0`` to run composites op by op.
 """
 
 from __future__ import annotations
@@ -176,16 +181,53 @@ def _xp(device: Any) -> Any:
     return xp
 
 
+_OFF = ("0", "false", "off", "no")
+_COMPILED: list[Any] = [None]  # ember.ops.compiled_composite, imported on the first eager composite call
+
+
+def eager_fusion_enabled() -> bool:
+    """Whether eager composite calls may run compiled (``EMBER_EAGER_FUSION=0`` turns it off)."""
+    return os.environ.get("EMBER_EAGER_FUSION", "1").strip().lower() not in _OFF
+
+
 def composite(fn: Callable) -> Callable:
-    """Mark ``fn`` as a composite: a plain function over primitives whose gradient
-    comes from theirs. The compiler later fuses composites (and caches them per shape)."""
+    """Mark ``fn`` as a composite: a plain function over primitives whose gradient comes from theirs.
+
+    Called eagerly (no ``ember.jit`` trace, no symbolic graph, no forward-mode AD) on CPU tensors the
+    largest of which has at least ``ember.ops.compiled_composite.MIN_ELEMENTS`` elements, with hashable
+    other arguments, it runs compiled: traced and fused into C kernels once per shape signature, cached,
+    with a compiled backward (see ``ember.ops.compiled_composite``). ``EMBER_EAGER_FUSION=0`` (or
+    ``EMBER_FUSION=0``, or no C compiler) runs it op by op instead.
+    """
     COMPOSITES[f"{fn.__module__}.{fn.__qualname__}"] = fn
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
-        sym = SYMBOLIC[0]
-        if sym is not None and STATE.tracer is None:
-            return sym.call(fn, args, kwargs)
+        state = STATE
+        if state.tracer is None:
+            if not state.forward_ad and eager_fusion_enabled():
+                mod = _COMPILED[0]
+                if mod is None:
+                    from . import compiled_composite as mod
+                    _COMPILED[0] = mod
+                out = mod.call(fn, run, args, kwargs)
+                if out is not NotImplemented:
+                    return out
+            sym = SYMBOLIC[0]
+            if sym is not None:
+                return sym.call(fn, args, kwargs)
         return fn(*args, **kwargs)
     run.__ember_composite__ = True  # type: ignore[attr-defined]
     return run
+
+
+def composite_cache_info() -> dict[str, Any]:
+    """What eager composite compilation did so far (traces, cache hits, plain calls; see ``composite``)."""
+    from . import compiled_composite
+    return compiled_composite.cache_info()
+
+
+def composite_cache_clear() -> None:
+    """Forget every compiled composite signature and reset the counters."""
+    from . import compiled_composite
+    compiled_composite.cache_clear()
