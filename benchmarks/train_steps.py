@@ -26,6 +26,7 @@ and the dense part is compiled, its input's gradient handed back to the eager em
     python benchmarks/train_steps.py --only gpt         # one workload
     python benchmarks/train_steps.py --quick            # smaller sizes, few steps: a smoke test
     python benchmarks/train_steps.py --json out.json    # also write the numbers as JSON
+    python benchmarks/train_steps.py --efficiency       # also: the compiled step's FLOP rate as % of BLAS GEMM
 """
 
 from __future__ import annotations
@@ -449,6 +450,74 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+EFFICIENCY_TARGETS = {"mlp": 0.90, "gpt": 0.75}  # the issue's: compiled step / the machine's BLAS GEMM rate
+
+
+def gemm_rates(names: list[str], quick: bool, threads: int | None) -> dict[str, Any]:
+    """NumPy's BLAS GEMM rates in GFLOP/s, measured in a child process by ``gemm_rate.py``: ``peak`` (the large
+    square product) and, without ``quick``, the mix of the MLP's and the GPT's own GEMM shapes."""
+    import subprocess
+
+    import gemm_rate
+    groups = ["peak"] + ([] if quick else  # the shapes' rates are for the full sizes
+                         [g for g in ("mlp", "gpt") if g in names or (g == "mlp" and "mlp16" in names)])
+    cmd = [sys.executable, str(Path(gemm_rate.__file__).resolve()), "--json", "-"]
+    cmd += [arg for g in groups for arg in ("--only", g)]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["gemm_rate failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])["mix_gflops"]
+
+
+def efficiency(result: dict[str, Any], measured: list[dict[str, Any]]) -> dict[str, Any]:
+    """The compiled (jit) step's model FLOP rate against NumPy's BLAS GEMM rate (``measured``: the
+    ``gemm_rates`` taken before and after the workloads; the higher of each is used, as a busy moment of a
+    shared machine only lowers a rate); model FLOPs per step are ``gemm_rate.model_flops``: MLP 6 x matmul
+    params x batch, GPT 6 x matmul params x tokens + 12 x n_layer x seq^2 x d_model x batch."""
+    import gemm_rate
+    ok = [m for m in measured if "error" not in m]
+    if not ok:
+        return {"error": measured[0]["error"]}
+    rates = {g: max(m[g] for m in ok) for g in ok[0]}
+    out: dict[str, Any] = {"peak_gflops": rates["peak"], "peak_size": gemm_rate.PEAK_SIZE,
+                           "peak_each": [m["peak"] for m in ok], "mix_gflops": rates, "rows": []}
+    for r in result["rows"]:
+        f = gemm_rate.model_flops(r["workload"], r["config"])
+        if f is None:
+            continue
+        mix = rates.get("mlp" if r["workload"] == "mlp16" else r["workload"])
+        rate = f / (r["jit_ms"] / 1e3) / 1e9 if r.get("jit_ms") else None
+        target = EFFICIENCY_TARGETS.get(r["workload"])
+        pct = rate / rates["peak"] if rate is not None else None
+        status = "n/a" if pct is None or target is None else ("PASS" if pct >= target else "MISS")
+        out["rows"].append({"workload": r["workload"], "label": r["label"], "gflop_per_step": f / 1e9,
+                            "jit_gflops": rate, "of_peak": pct,
+                            "of_mix": rate / mix if rate is not None and mix and r["workload"] != "mlp16" else None,
+                            "target": target, "status": status})
+    return out
+
+
+def format_efficiency(eff: dict[str, Any]) -> str:
+    if "error" in eff:
+        return f"efficiency: n/a ({eff['error']})"
+    mixes = ", ".join(f"{g} shapes {v:.1f}" for g, v in eff["mix_gflops"].items() if g != "peak")
+    each = " and ".join(f"{v:.1f}" for v in eff["peak_each"])
+    lines = [f"efficiency of the compiled step: NumPy BLAS GEMM rate {eff['peak_gflops']:.1f} GFLOP/s "
+             f"(float32 {eff['peak_size']}^3; before and after the workloads: {each})"
+             + (f"; at the workloads' own GEMM shapes: {mixes}" if mixes else "")]
+    for r in eff["rows"]:
+        tgt = f">= {r['target']:.0%}" if r["target"] is not None else "-"
+        lines.append(f"  {r['label']:<30} {r['gflop_per_step']:7.2f} GFLOP/step  jit {fmt(r['jit_gflops'], '7.1f')} "
+                     f"GFLOP/s = {fmt(r['of_peak'] and 100 * r['of_peak'], '5.1f')}% of BLAS GEMM rate "
+                     f"(target {tgt}: {r['status']})"
+                     + (f"; {100 * r['of_mix']:.0f}% of its own shapes' rate" if r["of_mix"] is not None else ""))
+    lines.append("  model FLOPs: MLP 6 x matmul params x batch; GPT 6 x matmul params (qkv, proj, fc, fc_out, head) x "
+                 "tokens + 12 x n_layer x seq^2 x d_model x batch")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Ember vs PyTorch eager: training steps of four standard workloads.")
     p.add_argument("--quick", action="store_true", help="smaller sizes and few steps (a smoke test, not a measurement)")
@@ -461,6 +530,9 @@ def main(argv: list[str] | None = None) -> int:
                         "1 with --quick): a busy moment of a shared machine then hits one round, not the result")
     p.add_argument("--threads", type=int, metavar="N",
                    help="NumPy's BLAS threads and torch's intra-op threads (default: torch gets NumPy's count)")
+    p.add_argument("--efficiency", action="store_true",
+                   help="also measure NumPy's BLAS GEMM rate (gemm_rate.py, in a child) and print the compiled "
+                        "step's model FLOP rate as a percentage of it")
     p.add_argument("--worker", choices=LIBRARIES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads is not None and args.threads < 1:
@@ -473,9 +545,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_worker(args.worker, names[0], args.quick, args.threads)))
         return 0
     print(f"train_steps: {', '.join(names)}" + (" (--quick)" if args.quick else ""), flush=True)
+    measured = [gemm_rates(names, args.quick, args.threads)] if args.efficiency else []
     result = run(names, quick=args.quick, use_torch=not args.no_torch, threads=args.threads, rounds=rounds,
                  log=lambda s: print(s, flush=True))
     print(format_table(result))
+    if args.efficiency:
+        result["efficiency"] = efficiency(result, [*measured, gemm_rates(names, args.quick, args.threads)])
+        print(format_efficiency(result["efficiency"]))
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
