@@ -117,7 +117,7 @@ def _blas() -> Any:
     """OpenBLAS's ``(get_num_threads, set_num_threads)`` as ctypes functions, None when NumPy's BLAS is not
     OpenBLAS. Looked up once: the lookup reads /proc/self/maps (about 1 ms), too slow for every run."""
     if not _BLAS:
-        from ..cli import _openblas_handle, _openblas_symbol  # the lookup ``ember --info`` uses
+        from ..backend.blas import _openblas_handle, _openblas_symbol  # the lookup ``ember info`` uses
         lib = _openblas_handle()
         get = _openblas_symbol(lib, "get_num_threads") if lib is not None else None
         put = _openblas_symbol(lib, "set_num_threads") if lib is not None else None
