@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..graph.ir import Graph, Node
-from .memory import MemoryPlan
+from .memory import MemoryPlan, alias_roots
 
 
 class Executor:
@@ -38,6 +38,13 @@ class Executor:
         live_slot = {id(n.payload): n.id for n in nodes if n.kind == "live"}
         self.target_slot = target_slot
         self.live_slot = live_slot
+        self.roots = alias_roots(graph)  # the node whose memory each value uses (views: their base)
+        self.fused_outputs: dict[int, list[Node]] = {}  # fused kernel id -> its output nodes, by index
+        for n in nodes:
+            if n.kind == "op" and n.op.name == "fused_output":
+                self.fused_outputs.setdefault(n.inputs[0].id, []).append(n)
+        for outs in self.fused_outputs.values():
+            outs.sort(key=lambda o: o.attrs["index"])
         fused = self._build_fused([n for n in nodes if n.kind == "op" and n.op.name == "fused"])
         for n in nodes:
             if n.kind == "input":
@@ -81,10 +88,7 @@ class Executor:
         and writes buffer keys: an arena offset, a live tensor, an argument, or a node's own array; arena
         buffers that partly overlap an earlier one get explicit edges from all of its readers."""
         from .engine import Schedule
-        plan, nodes = self.plan, self.graph.nodes
-        roots: list[Node] = []
-        for n in nodes:
-            roots.append(roots[n.inputs[0].id] if n.is_view and n.inputs else n)
+        plan, nodes, roots, outputs_of = self.plan, self.graph.nodes, self.roots, self.fused_outputs
         target_key = {}
         for v, target in self.graph.writes:
             if v.id in plan.direct:
@@ -102,10 +106,6 @@ class Executor:
                 return ("arena", plan.offsets[r.id])
             return ("node", r.id)
 
-        outputs_of: dict[int, list[Node]] = {}
-        for n in nodes:
-            if n.kind == "op" and n.op.name == "fused_output":
-                outputs_of.setdefault(n.inputs[0].id, []).append(n)
         steps, step_nodes = [], []
         env = self.env
         for fn, ins, out in self.steps:
@@ -146,17 +146,13 @@ class Executor:
             return {}
         from ..codegen import build
         from .generated import kernel_for
-        plan, nodes = self.plan, self.graph.nodes
+        plan = self.plan
         probe = self._probes()
-        users: dict[int, list[Node]] = {}
-        for n in nodes:
-            if n.kind == "op" and n.op.name == "fused_output":
-                users.setdefault(n.inputs[0].id, []).append(n)
         inplace = {out for out, _ in plan.inplace}
         built, meta = [], []
         for k in kernels:
             group = k.attrs["group"]
-            outs = sorted(users.get(k.id, []), key=lambda o: o.attrs["index"])
+            outs = self.fused_outputs.get(k.id, [])
             layouts = []
             for i in k.inputs:
                 a = probe[i.id]
@@ -197,10 +193,7 @@ class Executor:
     def _fused_step(self, fn: Any, k: Node, outs: list[Node], sources: list[int], probe: dict) -> Callable:
         """The step running kernel ``fn``: fixed pointers for arena buffers and constants, the others read
         from the environment each run (checked against the layout the kernel was built for)."""
-        plan, env = self.plan, self.env
-        roots = {}
-        for n in self.graph.nodes:
-            roots[n.id] = roots[n.inputs[0].id] if n.is_view and n.inputs else n
+        plan, env, roots = self.plan, self.env, self.roots
 
         def static(n: Node) -> bool:
             """Arena buffers and constants (and views that really alias them) never move between runs."""

@@ -38,9 +38,14 @@ REDUCE_OPS = ("sum", "amax", "amin")
 _FUSIBLE_CACHE: dict[Any, bool] = {}
 
 
+def switched_off() -> bool:
+    """Whether ``EMBER_FUSION`` is set to 0 (or false/off/no)."""
+    return os.environ.get("EMBER_FUSION", "1").strip().lower() in ("0", "false", "off", "no")
+
+
 def enabled() -> bool:
     """Fusion runs unless ``EMBER_FUSION=0`` or there is no C compiler (``ember.codegen.available()``)."""
-    if os.environ.get("EMBER_FUSION", "1").strip().lower() in ("0", "false", "off", "no"):
+    if switched_off():
         return False
     from ...codegen import available
     return available()
@@ -363,8 +368,7 @@ def _kernel_name(k: int, members: list[Node]) -> str:
 
 def run(graph: Graph, ctx: Any) -> tuple[Graph, list[str]]:
     if not getattr(ctx, "fuse", True) or not enabled():
-        why = "disabled (EMBER_FUSION=0 or fuse=False)" if not getattr(ctx, "fuse", True) or \
-            os.environ.get("EMBER_FUSION", "1") in ("0", "false", "off", "no") else \
+        why = "disabled (EMBER_FUSION=0 or fuse=False)" if not getattr(ctx, "fuse", True) or switched_off() else \
             "no C compiler found: running unfused with the reference kernels"
         ctx.notes["fuse"] = {"kernels": 0, "why": why}
         return graph, [why]
@@ -383,7 +387,6 @@ def run(graph: Graph, ctx: Any) -> tuple[Graph, list[str]]:
     # Order: a topological sort of the graph with each group contracted to one node, kept close to the
     # original order (a group sits where its last member was).
     import heapq
-    n_units = len(graph.nodes)
     unit_of = [owner.get(n.id, -1) for n in graph.nodes]
     key_of: dict[Any, int] = {}
     for n in graph.nodes:
@@ -411,7 +414,6 @@ def run(graph: Graph, ctx: Any) -> tuple[Graph, list[str]]:
                 heapq.heappush(heap, (key_of[v], v))
     if len(order) != len(key_of):
         raise AssertionError(f"fuse: grouping of {graph.name} made a cycle ({len(order)} of {len(key_of)} units)")
-    del n_units
 
     new = Graph(graph.name, graph.intern)
     new._effect_count = graph._effect_count
