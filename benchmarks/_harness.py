@@ -59,3 +59,11 @@ def ratio_and_status(ember_t: float | None, torch_t: float | None, target: float
 
 def fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
+
+
+def write_json(result: Any, path: str) -> None:
+    """Write a benchmark's results as indented JSON to ``path`` (parent folders made) and say where."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"results written to {out}")

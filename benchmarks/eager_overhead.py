@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout without installing (ember is imported in the worker)
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _harness, also when loaded by file path
-from _harness import fmt, load_library, ratio_and_status, run_worker  # noqa: E402
+from _harness import fmt, load_library, ratio_and_status, run_worker, write_json  # noqa: E402
 
 OP_TARGET = 2.0    # per-op dispatch overhead: at most 2x PyTorch eager
 MLP_TARGET = 1.25  # MLP forward+backward: within 1.25x of PyTorch eager
@@ -337,10 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(format_table(result))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"results written to {path}")
+        write_json(result, args.json)
     return 0
 
 

@@ -49,7 +49,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout without installing Ember
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import fmt, load_library  # noqa: E402
+from _harness import fmt, load_library, write_json  # noqa: E402
 
 EPS = 1e-5
 VARIANTS = ("ember-eager", "ember-fused", "ember-jit", "torch", "torch-compile")
@@ -97,19 +97,7 @@ def ember_step(variant: str, x: Any, a: Any, b: Any) -> Any:
             return compiled(x, a, b)
         return step, None
 
-    split: dict[str, list[float]] = {"fwd": [], "bwd": []}
-
-    def eager_step() -> tuple:
-        for t in leaves:
-            t.grad = None
-        t0 = time.perf_counter()
-        out = forward(x, a, b)
-        t1 = time.perf_counter()
-        out.backward()
-        split["fwd"].append(t1 - t0)
-        split["bwd"].append(time.perf_counter() - t1)
-        return out.detach(), x.grad, a.grad, b.grad
-    return eager_step, split
+    return timed_step(forward, x, a, b)
 
 
 def torch_step(variant: str, x: Any, a: Any, b: Any) -> Any:
@@ -122,15 +110,19 @@ def torch_step(variant: str, x: Any, a: Any, b: Any) -> Any:
         z = F.gelu(F.layer_norm(x, (d,), eps=EPS) * a + b)
         return (z * torch.sigmoid(z) + x).sum()
 
-    fwd = torch.compile(forward) if variant == "torch-compile" else forward
-    leaves = (x, a, b)
+    return timed_step(torch.compile(forward) if variant == "torch-compile" else forward, x, a, b)
+
+
+def timed_step(forward: Any, x: Any, a: Any, b: Any) -> tuple[Any, dict[str, list[float]]]:
+    """``(step, split)`` for an eager library (Ember or PyTorch): ``step()`` clears the grads, runs ``forward``
+    and ``.backward()`` and returns (out, x.grad, a.grad, b.grad); ``split`` collects their times."""
     split: dict[str, list[float]] = {"fwd": [], "bwd": []}
 
     def step() -> tuple:
-        for t in leaves:
+        for t in (x, a, b):
             t.grad = None
         t0 = time.perf_counter()
-        out = fwd(x, a, b)
+        out = forward(x, a, b)
         t1 = time.perf_counter()
         out.backward()
         split["fwd"].append(t1 - t0)
@@ -338,10 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(variants, args.quick, rounds, args.threads, log=lambda s: print(s, flush=True))
     print(format_table(result))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"results written to {path}")
+        write_json(result, args.json)
     return 0 if all(r["best"] is not None for r in result["rows"] if r["variant"].startswith("ember")) else 1
 
 

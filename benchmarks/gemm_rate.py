@@ -45,6 +45,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # ember.cli: BLAS name and thread control
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _harness, also when loaded by file path
+from _harness import write_json  # noqa: E402
 
 PEAK_SIZE = 2048
 
@@ -201,10 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(format_table(result, info))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"results written to {path}")
+        write_json(result, args.json)
     return 0
 
 

@@ -50,7 +50,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout without installing Ember
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _harness, also when loaded by file path
-from _harness import fmt, load_library, ratio_and_status, run_worker  # noqa: E402
+from _harness import fmt, load_library, ratio_and_status, run_worker, write_json  # noqa: E402
 
 WORKLOADS = ("mlp", "cnn", "gpt", "ctr", "mlp16")
 TARGETS = {"mlp": 1.25, "cnn": 2.0, "gpt": 2.0, "ctr": 2.0, "mlp16": 1.25}
@@ -553,10 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         result["efficiency"] = efficiency(result, [*measured, gemm_rates(names, args.quick, args.threads)])
         print(format_efficiency(result["efficiency"]))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"results written to {path}")
+        write_json(result, args.json)
     return 0 if all(r["ember_ms"] is not None for r in result["rows"]) else 1
 
 
