@@ -215,14 +215,7 @@ def call(fn: Callable, run: Callable, args: tuple, kwargs: dict) -> Any:
     """Run composite ``fn`` (wrapped by ``run``) compiled, or return ``NotImplemented`` to run it plain."""
     biggest = 0
     tensors: list[Tensor] = []
-    for v in args:
-        if isinstance(v, Tensor):
-            if type(v.data) is not np.ndarray:
-                return NotImplemented
-            tensors.append(v)
-            if v.data.size > biggest:
-                biggest = v.data.size
-    for v in kwargs.values():
+    for v in (*args, *kwargs.values()):
         if isinstance(v, Tensor):
             if type(v.data) is not np.ndarray:
                 return NotImplemented
