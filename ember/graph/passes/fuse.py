@@ -54,7 +54,6 @@ def enabled() -> bool:
 def _pointwise_ok(n: Node) -> bool:
     """Whether the code generator accepts ``n``'s op with its input dtypes and attributes (cached)."""
     from ...codegen import arg, op
-    from ...ops.registry import REGISTRY  # noqa: F401  (fused ops registered)
     key = (n.op.name, tuple(i.dtype for i in n.inputs), tuple(sorted((k, repr(v)) for k, v in n.attrs.items())))
     hit = _FUSIBLE_CACHE.get(key)
     if hit is None:
@@ -79,13 +78,13 @@ def fusible(n: Node) -> str | None:
             return None
         if any(x.shape[a] == 0 for a in n.attrs["axes"]):
             return None
-        return "reduce" if _pointwise_dtype_ok(n) else None
+        return "reduce" if _dtype_ok(n) else None
     if n.op.c_expr is None or "generator" in n.attrs:
         return None
     return "pointwise" if _pointwise_ok(n) else None
 
 
-def _pointwise_dtype_ok(n: Node) -> bool:
+def _dtype_ok(n: Node) -> bool:
     from ...codegen.kernel import SUPPORTED_DTYPES
     return n.dtype in SUPPORTED_DTYPES
 
