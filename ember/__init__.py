@@ -1,4 +1,4 @@
-"""Ember: a deep-learning framework with eager tensors, autodiff and (soon) a compiler.
+"""Ember: a deep-learning framework: eager tensors, autodiff, a graph compiler with generated kernels.
 
 The public API mirrors PyTorch where it can: ``ember.tensor``, ``ember.randn``,
 ``x.backward()``, ``ember.no_grad()``, ``ember.grad`` ...
@@ -7,6 +7,10 @@ The public API mirrors PyTorch where it can: ``ember.tensor``, ``ember.randn``,
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from .backend.blas import tune_thread_timeout as _tune_thread_timeout
+
+_tune_thread_timeout()  # before NumPy loads OpenBLAS where it can be (see ember.backend.blas)
 
 from . import dtypes
 from .dtypes import (DType, bool_, float16, float32, float64, get_default_dtype, int8, int32, int64,
