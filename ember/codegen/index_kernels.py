@@ -2,12 +2,12 @@
 
 The reference impls of ``unfold2d``/``fold2d`` (im2col / col2im, conv2d forward and input gradient),
 ``index_add`` (``take``'s gradient), ``gather``/``scatter_add`` (cross-entropy's target pick and its
-gradient), ``scatter_rows`` (``embed_rows``' gradient), ``segment_sum`` (embedding bags) and
-``argmax``/``argmin`` along a non-last axis call these when ``xp is numpy``, the data is float32/float64,
-the indices int32/int64 and a C compiler exists. (``take``/``embed_rows`` stay on ``np.take``, which is
-as fast as a C row copy.) Each function below returns the op's result, or None when it does not apply
-(unsupported dtype or layout, no compiler, kernels switched off, or an index out of range); the caller
-then runs its unchanged NumPy code, which also raises the op's own error for bad indices. The C code
+gradient), ``scatter_rows`` (``embed_rows``' gradient), ``segment_sum`` (embedding bags), ``max_pool2d``
+and its backward, and ``argmax``/``argmin`` along a non-last axis call these when ``xp is numpy``, the
+data is float32/float64, the indices int32/int64 and a C compiler exists. (``take``/``embed_rows`` stay on
+``np.take``, which is as fast as a C row copy.) Each function below returns the op's result, or None when
+it does not apply (unsupported dtype or layout, no compiler, kernels switched off, or an index out of
+range); the caller then runs its unchanged NumPy code, which also raises the op's own error for bad indices. The C code
 checks every index before it writes anything and never reads or writes out of bounds.
 
 Results are bit-identical to the NumPy code: copies are copies, and sums add in NumPy's order:
@@ -17,7 +17,11 @@ Results are bit-identical to the NumPy code: copies are copies, and sums add in 
   NumPy path for 256 indices and more groups duplicates by an unstable argsort, so its order among
   duplicates is unspecified; the C path keeps ``np.add.at``'s.)
 * row-segment sums (``segment_sum``, ``scatter_rows``) reproduce ``np.add.reduceat`` along axis 0:
-  the first row plus NumPy's pairwise sum of the others, column by column.
+  the first row plus NumPy's pairwise sum of the others, column by column;
+* max pooling takes the same first maximum per window and adds gradients in kernel-offset order. Equal
+  values rather than equal bits there: a window holding both 0.0 and -0.0 may yield the other zero, and a
+  gradient that is not finite reaches only its window's maximum (the NumPy path multiplies it by 0 for the
+  other elements, which makes NaN), as in PyTorch.
 
 Sizes are run-time arguments: one translation unit per data dtype (with int32 and int64 index
 variants) is compiled once per machine and then comes from ``ember.codegen``'s disk cache.
@@ -39,8 +43,8 @@ import numpy as np
 from . import cc
 from .kernel import CodegenError
 
-__all__ = ["argext", "col2im", "enabled", "gather", "im2col", "index_add", "library", "scatter_add", "scatter_rows",
-           "segment_sum", "set_enabled", "source"]
+__all__ = ["argext", "col2im", "enabled", "gather", "im2col", "index_add", "library", "max_pool", "max_pool_backward",
+           "scatter_add", "scatter_rows", "segment_sum", "set_enabled", "source"]
 
 _ENABLED = [os.environ.get("EMBER_INDEX_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")]
 _DATA = {np.dtype(np.float32): ("float", "f32"), np.dtype(np.float64): ("double", "f64")}
@@ -51,6 +55,7 @@ _COMMON = r"""
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #ifdef _OPENMP
 #include <omp.h>
 #define EK_NT() omp_get_num_threads()
@@ -141,6 +146,185 @@ int64_t ek_col2im_@S@(@T@ *restrict out, const @T@ *restrict cols,
             }
         }
     return 0;
+}
+
+/* max_pool2d: out (N, C, OH, OW) contiguous = the maximum of each window of x (N, C, H, W; element strides
+   xn, xc, xh, xw), padding counting as -inf; a NaN in a window makes its maximum NaN (as np.maximum).
+   Per plane, one pass per kernel offset over the windows it meets inside the input (vectorizable rows). */
+int64_t ek_maxpool_@S@(@T@ *restrict out, const @T@ *restrict x,
+                      int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                      int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t oh, int64_t ow,
+                      int64_t xn, int64_t xc, int64_t xh, int64_t xw) {
+    const int64_t step = sw * xw;
+    #pragma omp parallel for collapse(2) schedule(static) if (n * c * oh * ow * kh * kw >= EK_PAR_MIN)
+    for (int64_t ni = 0; ni < n; ni++)
+        for (int64_t ci = 0; ci < c; ci++) {
+            const @T@ *src = x + ni * xn + ci * xc;
+            @T@ *dst = out + (ni * c + ci) * oh * ow;
+            for (int64_t q = 0; q < oh * ow; q++) dst[q] = -(@T@)INFINITY;
+            for (int64_t i = 0; i < kh; i++) {
+                int64_t ylo, yhi;
+                ek_span(i * dh - pt, sh, h, oh, &ylo, &yhi);
+                for (int64_t j = 0; j < kw; j++) {
+                    int64_t xlo, xhi;
+                    ek_span(j * dw - pl, sw, w, ow, &xlo, &xhi);
+                    for (int64_t oy = ylo; oy < yhi; oy++) {
+                        const @T@ *row = src + (oy * sh + i * dh - pt) * xh + (j * dw - pl) * xw;
+                        @T@ *d = dst + oy * ow;
+                        for (int64_t ox = xlo; ox < xhi; ox++) {
+                            const @T@ v = row[ox * step], m = d[ox];
+                            d[ox] = (m != m || m >= v) ? m : v;
+                        }
+                    }
+                }
+            }
+        }
+    return 0;
+}
+
+/* The backward of one plane whose windows tile it (stride = kernel, no dilation, no padding): every input
+   element gets its window's gradient or 0, in one pass. Inlined with constant KH, KW for the usual sizes. */
+static inline __attribute__((always_inline)) void ek_pool_tiles_@S@(
+        @T@ *restrict dst, const @T@ *restrict xs, const @T@ *restrict os, const @T@ *restrict gs,
+        int64_t oh, int64_t ow, int64_t w, int64_t xh, int64_t xw, int64_t oh_s, int64_t ow_s, int64_t gh,
+        int64_t gw, const int64_t KH, const int64_t KW) {
+    for (int64_t oy = 0; oy < oh; oy++)
+        for (int64_t i = 0; i < KH; i++) {
+            const @T@ *xr = xs + (oy * KH + i) * xh;
+            @T@ *d = dst + (oy * KH + i) * w;
+            for (int64_t ox = 0; ox < ow; ox++) {
+                const @T@ m = os[oy * oh_s + ox * ow_s], gv = gs[oy * gh + ox * gw];
+                int before = 0;  /* a maximum in an earlier row of this window */
+                for (int64_t r = 0; r < i; r++)
+                    for (int64_t j = 0; j < KW; j++) {
+                        const @T@ v = xs[(oy * KH + r) * xh + (ox * KW + j) * xw];
+                        before |= v == m || (v != v && m != m);
+                    }
+                for (int64_t j = 0; j < KW; j++) {
+                    const @T@ v = xr[(ox * KW + j) * xw];
+                    const int hit = !before && (v == m || (v != v && m != m));
+                    d[ox * KW + j] = hit ? gv : (@T@)0;
+                    before |= hit;
+                }
+            }
+        }
+}
+
+/* ek_pool_tiles for 2x2 windows on contiguous rows, written out so that the loop over windows vectorizes */
+static void ek_pool_tiles2_@S@(@T@ *restrict dst, const @T@ *restrict xs, const @T@ *restrict os,
+                              const @T@ *restrict gs, int64_t oh, int64_t ow, int64_t w, int64_t xh, int64_t oh_s,
+                              int64_t gh) {
+    for (int64_t oy = 0; oy < oh; oy++) {
+        const @T@ *x0 = xs + 2 * oy * xh, *x1 = x0 + xh, *orow = os + oy * oh_s, *grow = gs + oy * gh;
+        @T@ *d0 = dst + 2 * oy * w, *d1 = d0 + w;
+        #pragma omp simd
+        for (int64_t ox = 0; ox < ow; ox++) {
+            const @T@ m = orow[ox], gv = grow[ox];
+            const @T@ a = x0[2 * ox], b = x0[2 * ox + 1], c = x1[2 * ox], e = x1[2 * ox + 1];
+            const int nan = m != m;
+            const int ha = a == m || (a != a && nan);
+            const int hb = !ha && (b == m || (b != b && nan));
+            const int hc = !ha && !hb && (c == m || (c != c && nan));
+            const int he = !ha && !hb && !hc && (e == m || (e != e && nan));
+            d0[2 * ox] = ha ? gv : (@T@)0;
+            d0[2 * ox + 1] = hb ? gv : (@T@)0;
+            d1[2 * ox] = hc ? gv : (@T@)0;
+            d1[2 * ox + 1] = he ? gv : (@T@)0;
+        }
+    }
+}
+
+/* max_pool2d backward: grad (N, C, H, W) contiguous gets each window's gradient g at the window's first
+   maximum (row-major over the kernel offsets, padding reading as -inf; a NaN counts as the maximum; out is
+   the forward's result); a window whose first maximum is padding drops its gradient. Per element the terms
+   are added into 0 in kernel-offset order, as the NumPy path adds them. Strides of x, g, out in elements. */
+int64_t ek_maxpool_bwd_@S@(@T@ *restrict grad, const @T@ *restrict g, const @T@ *restrict x,
+                          const @T@ *restrict out,
+                          int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh,
+                          int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t oh, int64_t ow,
+                          int64_t xn, int64_t xc, int64_t xh, int64_t xw, int64_t gn, int64_t gc, int64_t gh,
+                          int64_t gw, int64_t on, int64_t oc, int64_t oh_s, int64_t ow_s) {
+    int64_t failed = 0;
+    const int64_t step = sw * xw, plane = oh * ow;
+    #pragma omp parallel if (n * c * plane * kh * kw >= EK_PAR_MIN)
+    {
+        /* per thread: the forward's result, this plane's gradients (contiguous) and the first-maximum offsets */
+        @T@ *buf = malloc((size_t)(2 * plane + 1) * sizeof(@T@));
+        int32_t *arg = malloc((size_t)(plane + 1) * sizeof(int32_t));
+        if (!buf || !arg) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for collapse(2) schedule(static)
+        for (int64_t ni = 0; ni < n; ni++)
+            for (int64_t ci = 0; ci < c; ci++) {
+                if (!buf || !arg) continue;
+                const @T@ *xs = x + ni * xn + ci * xc;
+                if (sh == kh && sw == kw && dh == 1 && dw == 1 && pt == 0 && pl == 0 && oh * kh == h && ow * kw == w) {
+                    @T@ *dst = grad + (ni * c + ci) * h * w;
+                    const @T@ *os = out + ni * on + ci * oc, *gs = g + ni * gn + ci * gc;
+                    const int unit = xw == 1 && ow_s == 1 && gw == 1;  /* rows contiguous: vectorizable */
+                    if (unit && kh == 2 && kw == 2)
+                        ek_pool_tiles2_@S@(dst, xs, os, gs, oh, ow, w, xh, oh_s, gh);
+                    else if (unit && kh == 3 && kw == 3)
+                        ek_pool_tiles_@S@(dst, xs, os, gs, oh, ow, w, xh, 1, oh_s, 1, gh, 1, 3, 3);
+                    else
+                        ek_pool_tiles_@S@(dst, xs, os, gs, oh, ow, w, xh, xw, oh_s, ow_s, gh, gw, kh, kw);
+                    continue;
+                }
+                @T@ *o = buf, *gg = buf + plane;
+                for (int64_t oy = 0; oy < oh; oy++)
+                    for (int64_t ox = 0; ox < ow; ox++) {
+                        o[oy * ow + ox] = out[ni * on + ci * oc + oy * oh_s + ox * ow_s];
+                        gg[oy * ow + ox] = g[ni * gn + ci * gc + oy * gh + ox * gw];
+                    }
+                for (int64_t q = 0; q < plane; q++) arg[q] = -1;
+                for (int64_t i = 0; i < kh; i++) {
+                    int64_t ylo, yhi;
+                    ek_span(i * dh - pt, sh, h, oh, &ylo, &yhi);
+                    for (int64_t j = 0; j < kw; j++) {
+                        int64_t xlo, xhi;
+                        ek_span(j * dw - pl, sw, w, ow, &xlo, &xhi);
+                        const int32_t q = (int32_t)(i * kw + j);
+                        for (int64_t oy = 0; oy < oh; oy++) {
+                            const @T@ *ov = o + oy * ow;
+                            int32_t *a = arg + oy * ow;
+                            const int64_t x0 = oy >= ylo && oy < yhi ? xlo : ow, x1 = oy >= ylo && oy < yhi ? xhi : ow;
+                            const @T@ *row = xs + (oy * sh + i * dh - pt) * xh + (j * dw - pl) * xw;
+                            for (int64_t ox = 0; ox < x0; ox++)      /* padding: -inf */
+                                a[ox] = (a[ox] < 0 && ov[ox] == -(@T@)INFINITY) ? q : a[ox];
+                            for (int64_t ox = x0; ox < x1; ox++) {
+                                const @T@ v = row[ox * step], m = ov[ox];
+                                a[ox] = (a[ox] < 0 && (v == m || (v != v && m != m))) ? q : a[ox];
+                            }
+                            for (int64_t ox = x1; ox < ow; ox++)
+                                a[ox] = (a[ox] < 0 && ov[ox] == -(@T@)INFINITY) ? q : a[ox];
+                        }
+                    }
+                }
+                @T@ *dst = grad + (ni * c + ci) * h * w;
+                memset(dst, 0, (size_t)(h * w) * sizeof(@T@));
+                for (int64_t i = 0; i < kh; i++) {
+                    int64_t ylo, yhi;
+                    ek_span(i * dh - pt, sh, h, oh, &ylo, &yhi);
+                    for (int64_t j = 0; j < kw; j++) {
+                        int64_t xlo, xhi;
+                        ek_span(j * dw - pl, sw, w, ow, &xlo, &xhi);
+                        const int32_t q = (int32_t)(i * kw + j);
+                        for (int64_t oy = ylo; oy < yhi; oy++) {
+                            @T@ *d = dst + (oy * sh + i * dh - pt) * w + (j * dw - pl);
+                            const int32_t *a = arg + oy * ow;
+                            const @T@ *gr = gg + oy * ow;
+                            for (int64_t ox = xlo; ox < xhi; ox++)
+                                if (a[ox] == q) d[ox * sw] += gr[ox];
+                        }
+                    }
+                }
+            }
+        free(buf);
+        free(arg);
+    }
+    return failed ? 2 : 0;
 }
 
 /* argmax (want_max) or argmin over the middle axis of x (outer, n, inner), n >= 1: out (outer, inner) holds the
@@ -545,6 +729,44 @@ def col2im(cols: np.ndarray, size: tuple, kernel: tuple, stride: tuple, padding:
     f(_ptr(out), _ptr(cols), c, kh, kw, n, oh, ow, *_ints(h, w, *stride, padding[0], padding[2], *dilation),
       *strides)
     return out.transpose(1, 0, 2, 3)
+
+
+# ----------------------------------------------------------------------------- max pooling
+
+
+def max_pool(x: np.ndarray, kernel: tuple, stride: tuple, pad: tuple, dilation: tuple,
+             out_hw: tuple[int, int]) -> np.ndarray | None:
+    """``max_pool2d``: the (N, C, OH, OW) window maxima of the (N, C, H, W) ``x`` (padding -inf), or None."""
+    dt = _data_ok(x)
+    strides = _elem_strides(x) if dt is not None else None
+    if strides is None:
+        return None
+    f = _function(dt, "maxpool", None, 2, 18)
+    if f is None:
+        return None
+    n, c, h, w = x.shape
+    out = np.empty((n, c) + tuple(out_hw), dtype=dt)
+    f(_ptr(out), _ptr(x), n, c, h, w, *_ints(*kernel, *stride, pad[0], pad[2], *dilation, *out_hw), *strides)
+    return out
+
+
+def max_pool_backward(g: np.ndarray, x: np.ndarray, out: np.ndarray, kernel: tuple, stride: tuple, pad: tuple,
+                      dilation: tuple, out_hw: tuple[int, int]) -> np.ndarray | None:
+    """``max_pool2d_backward``: the (N, C, H, W) gradient of ``x`` given the window gradients ``g`` and the
+    forward's result ``out``, each window's going to its first maximum, or None."""
+    dt = _data_ok(g, x, out)
+    layouts = [_elem_strides(a) for a in (x, g, out)] if dt is not None else [None]
+    if any(s is None for s in layouts):
+        return None
+    f = _function(dt, "maxpool_bwd", None, 4, 26)
+    if f is None:
+        return None
+    n, c, h, w = x.shape
+    grad = np.empty(x.shape, dtype=dt)
+    if f(_ptr(grad), _ptr(g), _ptr(x), _ptr(out), n, c, h, w,
+         *_ints(*kernel, *stride, pad[0], pad[2], *dilation, *out_hw), *layouts[0], *layouts[1], *layouts[2]):
+        return None
+    return grad
 
 
 # ----------------------------------------------------------------------------- rows: index_add

@@ -472,6 +472,10 @@ def _lowest(dtype: Any) -> Any:
 
 def _maxpool_impl(xp: Any, x: Any, kernel: tuple, stride: tuple, pad: tuple, dilation: tuple,
                   out_hw: tuple) -> Any:
+    if xp is np:
+        out = _ik.max_pool(x, kernel, stride, pad, dilation, out_hw)
+        if out is not None:
+            return out
     xpad = _padded(xp, x, pad, _lowest(x.dtype))
     out = None
     for rows, cols in _pool_windows(xpad.shape, kernel, stride, dilation, out_hw):
@@ -502,6 +506,10 @@ def _first_max_masks(xp: Any, x: Any, out: Any, kernel: tuple, stride: tuple, pa
 
 def _maxpool_backward_impl(xp: Any, g: Any, x: Any, out: Any, kernel: tuple, stride: tuple, pad: tuple,
                            dilation: tuple, out_hw: tuple) -> Any:
+    if xp is np:
+        grad = _ik.max_pool_backward(g, x, out, kernel, stride, pad, dilation, out_hw)
+        if grad is not None:
+            return grad
     n, c, h, w = x.shape
     hp, wp = h + pad[0] + pad[1], w + pad[2] + pad[3]
     disjoint = all(s == k * d for s, k, d in zip(stride, kernel, dilation))  # each input in at most one window

@@ -90,6 +90,62 @@ def test_conv2d_gradients_match_numpy_path():
         same(a, b)
 
 
+# ----------------------------------------------------------------------------- max pooling
+
+POOLS = [  # (N, C, H, W), kernel, stride, padding (t, b, l, r), dilation
+    ((2, 3, 8, 8), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),     # disjoint, tiled
+    ((2, 3, 7, 9), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),     # overlapping: up to 9 terms per element
+    ((1, 2, 9, 8), (3, 2), (2, 1), (1, 1, 0, 1), (2, 2)),     # dilated
+    ((3, 1, 5, 6), (2, 3), (3, 2), (1, 0, 1, 1), (1, 1)),     # ceil-mode style: windows into the padding
+    ((0, 2, 4, 4), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),     # empty batch
+]
+
+
+@pytest.mark.parametrize("strided", [False, True])
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("geom", POOLS + [((2, 2, 9, 6), (3, 3), (3, 3), (0, 0, 0, 0), (1, 1))])
+def test_max_pool_forward_and_backward_match_numpy(dtype, geom, strided):
+    """Same values as the NumPy path: ties go to the first maximum, NaN is the maximum, -inf windows and
+    windows into the padding work; x and g may be strided views."""
+    shape, k, s, p, d = geom
+    rng = np.random.default_rng(sum(shape))
+    x = np.round(rng.standard_normal(shape) * 2).astype(dtype)  # few distinct values: many ties
+    if x.size:
+        x.flat[5] = np.nan
+        x.flat[::11] = -np.inf
+    if strided:
+        x = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)  # strided in H and W
+    oh, ow = linalg._geometry(shape, k, s, p, d)
+    out = linalg._maxpool_impl(np, x, k, s, p, d, (oh, ow))
+    ref = numpy_path(linalg._maxpool_impl, x, k, s, p, d, (oh, ow))
+    np.testing.assert_array_equal(out, ref)
+    g = rng.standard_normal((shape[1], shape[0], oh, ow)).astype(dtype)
+    g = g.transpose(1, 0, 2, 3) if strided else np.ascontiguousarray(g.transpose(1, 0, 2, 3))
+    grad = linalg._maxpool_backward_impl(np, g, x, ref, k, s, p, d, (oh, ow))
+    want = numpy_path(linalg._maxpool_backward_impl, g, x, ref, k, s, p, d, (oh, ow))
+    assert grad.shape == want.shape and grad.dtype == want.dtype
+    np.testing.assert_array_equal(grad, want)  # the order of the terms is NumPy's: equal, not just close
+
+
+def test_max_pool2d_module_gradients_match_numpy_path():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 12, 12)).astype(np.float32)
+
+    def run():
+        t = ember.tensor(x, requires_grad=True)
+        y = ember.nn.functional.max_pool2d(t, 3, stride=2, padding=1)
+        (y * y).sum().backward()
+        return y.detach().numpy(), t.grad.numpy()
+    got = run()
+    old = ik.set_enabled(False)
+    try:
+        want = run()
+    finally:
+        ik.set_enabled(old)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
 # ----------------------------------------------------------------------------- take / index_add
 
 
