@@ -94,6 +94,55 @@ def test_adam_step_on_one_parameter_is_one_update_kernel() -> None:
     close(p.detach().numpy(), ref.detach().numpy(), 1e-5)
 
 
+def test_adam_updates_of_same_shaped_parameters_are_one_kernel() -> None:
+    """Rule 6: the updates of all parameters of one shape run as one kernel, and every parameter's step
+    counter and bias corrections as one scalar kernel."""
+    rng = np.random.default_rng(0)
+    shapes = [(64, 33), (64, 33), (64, 33), (33,), (33,)]
+    ps = [ember.nn.Parameter(ember.tensor(rng.standard_normal(s).astype(np.float32))) for s in shapes]
+    refs = [ember.nn.Parameter(ember.tensor(p.detach().numpy().copy())) for p in ps]
+    opt, ref_opt = ember.optim.AdamW(ps, lr=1e-2), ember.optim.AdamW(refs, lr=1e-2)
+    gs = [ember.tensor(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+
+    def step(opt, ps, gs):
+        for p, g in zip(ps, gs):
+            p.grad = g
+        opt.step()
+    f = ember.jit(lambda *gs: step(opt, ps, gs))
+    for _ in range(4):
+        f(*gs)
+        step(ref_opt, refs, gs)
+    groups = [n.attrs["group"] for n in f.graph.nodes if n.kind == "op" and n.op.name == "fused"]
+    assert sorted(g.shape for g in groups) == [(), (33,), (64, 33)], [g.describe() for g in groups]
+    by_shape = {g.shape: g for g in groups}
+    assert len(by_shape[(64, 33)].outputs) == 9 and len(by_shape[(33,)].outputs) == 6  # p, m, v each
+    for p, r in zip(ps, refs):
+        close(p.detach().numpy(), r.detach().numpy(), 1e-5)
+
+
+def test_relu_mask_is_recomputed_in_the_backward_kernel() -> None:
+    """Rule 5: the forward kernel stores only the ReLU's output; the backward kernel computes the mask from it."""
+    model = ember.nn.Sequential(ember.nn.Linear(20, 64), ember.nn.ReLU(), ember.nn.Linear(64, 5))
+    ref = ember.nn.Sequential(ember.nn.Linear(20, 64), ember.nn.ReLU(), ember.nn.Linear(64, 5))
+    ref.load_state_dict(model.state_dict())
+    x = rand(32, 20)
+
+    def step(model, x):
+        for p in model.parameters():
+            p.grad = None
+        (model(x) ** 2).sum().backward()
+        return [p.grad.detach() for p in model.parameters()]
+    f = ember.jit(lambda x: step(model, x))
+    for _ in range(2):
+        got = f(x)
+    groups = [n.attrs["group"] for n in f.graph.nodes if n.kind == "op" and n.op.name == "fused"]
+    forward = next(g for g in groups if any(b.op == "relu" for b in g.body))
+    assert [forward.body[o.value].op for o in forward.outputs] == ["relu"], forward.describe()
+    assert any({"gt", "mul"} <= {b.op for b in g.body} for g in groups), [g.describe() for g in groups]
+    for a, r in zip(got, step(ref, x)):
+        close(a.numpy(), r.numpy(), 1e-5)
+
+
 def test_training_step_kernels_are_few_and_explained() -> None:
     model = ember.nn.Sequential(ember.nn.Linear(20, 32), ember.nn.GELU(), ember.nn.LayerNorm(32),
                                 ember.nn.Linear(32, 5))

@@ -19,6 +19,15 @@ The decision is ``decide(graph)``; its rules, in order:
    (and is no graph output), e.g. the scalar bias-correction arithmetic of Adam, is merged into that
    group and recomputed per element instead of being materialized; the compiler hoists loop-invariant
    scalar code out of the loop.
+5. **Sink tails.** Pointwise members of a group that only one later group reads, computed from values
+   the group stores anyway, move into that later group and are recomputed there, when that keeps no
+   more memory alive: a ReLU's backward mask is computed from the stored ReLU output in the backward
+   kernel instead of being stored as a second array.
+6. **Horizontal fusion of terminal groups.** Groups whose results nothing else reads (optimizer updates
+   of parameters, running statistics) merge when they share an iteration shape and have no reductions:
+   the updates of all parameters of one shape run as one kernel (up to ``MAX_HORIZONTAL_ARRAYS`` arrays;
+   never when one reads a buffer another writes). So do 0-d groups that read only inputs, state and
+   constants (each parameter's step counter and bias corrections).
 
 Each group becomes a ``fused`` node (the kernel) followed by one ``fused_output`` node per value read
 outside the group (see ``ember.ops.fused``). Kernels are generated and compiled when the executor is
@@ -172,7 +181,7 @@ class _NoReduce:
 
 
 def decide(graph: Graph) -> list[tuple[_Group, list[Node]]]:
-    """Partition the fusible nodes of ``graph`` into groups (rules 1 to 4 of the module docstring)."""
+    """Partition the fusible nodes of ``graph`` into groups (rules 1 to 6 of the module docstring)."""
     group_of: dict[int, _Group] = {}
     groups: list[_Group] = []
     mask: dict[int, int] = {}          # group id -> bits of the groups merged into it
@@ -281,12 +290,111 @@ def decide(graph: Graph) -> list[tuple[_Group, list[Node]]]:
         h.members.extend(g.members)
         mask[h.id] |= mask[g.id]
         del alive[g.id]
+    _sink_tails([g for g in groups if g.id in alive and g.members], users, group_of, roots)
+    _merge_terminal(graph, [g for g in groups if g.id in alive and g.members], users, group_of)
     result = []
     for g in groups:
         if g.id in alive and g.members:
             g.members.sort(key=lambda m: m.id)
             result.append((g, g.members))
     return result
+
+
+def _sink_tails(groups: list[_Group], users: dict, group_of: dict[int, _Group], roots: set[int]) -> None:
+    """Rule 5: move the pointwise tail of a group that only one later group reads into that group, where it is
+    recomputed from values the first group stores anyway (a ReLU's backward mask from the ReLU's output),
+    when that keeps no more memory alive than the stored tail did."""
+    for g in groups:
+        if g.reduce_axes or not g.members:
+            continue
+        member_ids = {m.id for m in g.members}
+        target: dict[int, int] = {}  # member id -> id of the one group all its readers are in
+        for m in reversed(g.members):
+            if m.id in roots or fusible(m) != "pointwise" or not users[m.id]:
+                continue
+            dest = set()
+            for u in users[m.id]:
+                if u.id in target:
+                    dest.add(target[u.id])
+                elif u.id in member_ids or u.id not in group_of or group_of[u.id] is g:
+                    dest = None
+                    break
+                else:
+                    dest.add(group_of[u.id].id)
+            if dest and len(dest) == 1:
+                target[m.id] = dest.pop()
+        for hid in set(target.values()):
+            tail = [m for m in g.members if target.get(m.id) == hid]
+            tail_ids = {m.id for m in tail}
+            h = group_of[next(u for m in tail for u in users[m.id] if u.id not in tail_ids).id]
+            kept: dict[int, Node] = {}  # values the moved tail reads that must now stay alive until h
+            ok = True
+            for m in tail:
+                for i in m.inputs:
+                    if i.id in tail_ids or i.kind in ("input", "live", "const"):
+                        continue
+                    if i.id in member_ids and i.id not in roots and \
+                            not any(u.id not in member_ids for u in users[i.id]):
+                        ok = False  # computed inside g only: it would have to be stored, or g recomputed
+                    kept[i.id] = i
+            stored = sum(m.numel for m in tail if any(u.id not in tail_ids for u in users[m.id]))
+            if not ok or sum(i.numel for i in kept.values()) > stored:
+                continue
+            part = _Group(-1, g.shape)
+            part.members = tail
+            dims = _place_into(part, h, users, tail_ids)
+            if dims is None:
+                continue
+            for m in tail:
+                h.dims[m.id] = dims[m.id]
+                group_of[m.id] = h
+                h.members.append(m)
+            g.members = [m for m in g.members if m.id not in tail_ids]
+
+
+MAX_HORIZONTAL_ARRAYS = 64  # rule 5's cap on one kernel's arrays (inputs + outputs): C argument lists stay short
+
+
+def _merge_terminal(graph: Graph, groups: list[_Group], users: dict, group_of: dict[int, _Group]) -> None:
+    """Rule 6: terminal groups (nothing in the graph reads their results: optimizer updates, running
+    statistics) in the same iteration space and without reductions merge into one kernel, as long as
+    none reads a buffer another one writes; so do 0-d groups that read only graph inputs, state and
+    constants (per-parameter step counters and bias corrections). No cycle can form: no node depends on
+    a terminal group, and a group that reads only leaves depends on no node."""
+    write_of = {v.id: (("arg", t[1]) if isinstance(t, tuple) else id(t)) for v, t in graph.writes}
+
+    def buffer(i: Node) -> Any:
+        return ("arg", i.payload) if i.kind == "input" else id(i.payload) if i.kind == "live" else None
+
+    open_: dict[tuple, tuple[_Group, set, set, int]] = {}
+    for g in groups:
+        member_ids = {m.id for m in g.members}
+        outside = [i for m in g.members for i in m.inputs if i.id not in member_ids]
+        if g.reduce_axes:
+            continue
+        if not any(u.id not in member_ids for m in g.members for u in users[m.id]):
+            kind = "terminal"
+        elif g.shape == () and all(i.kind != "op" for i in outside):
+            kind = "scalar"
+        else:
+            continue
+        reads = {buffer(i) for i in outside} - {None}
+        writes = {write_of[m.id] for m in g.members if m.id in write_of}
+        arrays = len({i.id for i in outside if not (i.kind == "const" and i.numel == 1)})
+        arrays += sum(1 for m in g.members if m.id in write_of or any(u.id not in member_ids for u in users[m.id]))
+        key = (kind, g.shape, g.members[0].device)
+        cur = open_.get(key)
+        if cur is not None:
+            h, hreads, hwrites, harrays = cur
+            if not (hwrites & reads or writes & hreads) and harrays + arrays <= MAX_HORIZONTAL_ARRAYS:
+                for m in g.members:
+                    h.dims[m.id] = g.dims[m.id]
+                    group_of[m.id] = h
+                h.members.extend(g.members)
+                g.members = []
+                open_[key] = (h, hreads | reads, hwrites | writes, harrays + arrays)
+                continue
+        open_[key] = (g, reads, writes, arrays)
 
 
 def _place_into(g: _Group, h: _Group, users: dict, member_ids: set) -> dict | None:
