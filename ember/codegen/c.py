@@ -511,12 +511,43 @@ def _reduction_clause(accs: list) -> str:
     return " ".join(parts)
 
 
+def _hoist_uniform(em: _Emitter) -> dict[int, str]:
+    """Emit, before the loops, the values that are the same at every index (computed from constants and
+    inputs broadcast along every axis: Adam's bias corrections ``1 - beta ** step``); return their names.
+    The compiler would have to prove the loads loop-invariant to hoist a ``powf`` itself."""
+    k, plan = em.k, em.plan
+    same: set[int] = set()
+    for v in k.nodes:
+        if v.kind == "const":
+            same.add(id(v))
+        elif v.kind == "load":
+            if not any(plan.strides[plan.n_out + k.input_slot[id(v)]]):
+                same.add(id(v))
+        elif v.kind == "op" and all(id(a) in same for a in v.args):
+            same.add(id(v))
+    used = [a for v in k.nodes if id(v) not in same for a in v.args if id(a) in same]
+    used += [o.value for o in k.outputs if id(o.value) in same]
+    refs: dict[int, str] = {}
+    todo = em.needed([v for v in used if v.kind == "op"], refs)
+    if todo:
+        em.line("if (t0 >= t1) return;  /* no elements: the hoisted loads below may have nothing to read */")
+    for v in todo:
+        if v.kind == "const":
+            refs[id(v)] = em.compute(v, refs)
+            continue
+        value = f"i{k.input_slot[id(v)]}[0]" if v.kind == "load" else em.compute(v, refs)
+        em.line(f"const {em.d.ctype(v.dtype)} {em.var(v)} = {value};")
+        refs[id(v)] = em.var(v)
+    return refs
+
+
 def _render_c(k: Kernel, symbol: str) -> str:
     plan = _Plan(k)
     em = _Emitter(k, plan, C)
     used = _used_operands(k, plan)
     split = plan.layout == "row" and plan.n_tiles == 1 and plan.reduce_size * max(k.n_stages, 1) >= PARALLEL_MIN_WORK
     par_tiles = max(2, -(-PARALLEL_MIN_WORK // max(plan.work_per_tile, 1)))
+    uniform = _hoist_uniform(em) if plan.layout != "row" else {}
     if not split:
         em.lines.append(f"#pragma omp parallel for schedule(static) if (t1 - t0 >= {par_tiles})")
     em.line("for (int64_t t = t0; t < t1; ++t) {")
@@ -568,7 +599,7 @@ def _render_c(k: Kernel, symbol: str) -> str:
                 em.loop_vars.append((f"r{d}", d))
             return len(red_dims)
 
-        refs: dict[int, str] = {}
+        refs: dict[int, str] = uniform
         hoisted = [v for v in k.nodes if k.outer[id(v)] and k.stage[id(v)] >= 1] if k.reductions else []
         for s, reds in enumerate(_stage_groups(k), start=1):
             for r in reds:

@@ -56,6 +56,17 @@ for _n in (1, 7, 1023, 4097):
 
 
 @case
+def uniform_hoisted():
+    """Adam's shape: per-element update with a bias correction from a 0-d step count (hoisted out of the loop)."""
+    p, step = f32(37, 300), np.array(3.0, np.float32)
+    pv, sv = arg_like("p", p), arg_like("step", step)
+    corr = op("sub", const(1.0, "float32"), op("pow", const(0.9, "float32"), sv))
+    k = Kernel("uniform_hoisted", [pv, sv], [Output("y", pv / corr), Output("c", corr + pv * 0)])
+    c = np.float32(1) - np.power(np.float32(0.9), step)
+    return k, [p, step], [p / c, c + p * np.float32(0)], 1e-6, 0
+
+
+@case
 def transposed_and_stepped():
     base = f32(1023, 14)
     x = base.T                      # (14, 1023), strides (1, 14)
@@ -388,6 +399,18 @@ def test_kernel_counts_and_layouts(program):
     # no libm calls left for the transcendental functions in the C dialect
     chain = src.functions[src.symbols["chain_float32"]]
     assert "em_tanhf(" in chain and "em_sigmoidf(" in chain and "tanh(" not in chain.replace("em_tanhf(", "")
+
+
+def test_values_the_same_at_every_index_are_computed_before_the_loop(program):
+    src = program.source
+    f = src.functions[src.symbols["uniform_hoisted"]]
+    loop = f.index("for (int64_t t")
+    assert "powf(" in f[:loop] and "powf(" not in f[loop:], f
+    p = np.empty((0, 4), np.float32)  # NumPy gives empty arrays zero strides: p reads as "the same everywhere"
+    pv, sv = arg_like("p", p), arg("s", "float32", ())
+    empty = Kernel("uniform_empty", [pv, sv], [Output("y", op("div", pv, op("exp", sv)))])
+    fn = build([empty], label="test_uniform_empty")["uniform_empty"]
+    assert fn.run(p, np.array(1.0, np.float32)).shape == (0, 4)
 
 
 def test_identical_kernels_share_one_function():
