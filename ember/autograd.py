@@ -269,11 +269,11 @@ def sum_to_shape(g: Tensor, shape: tuple[int, ...]) -> Tensor:
     lead = g.ndim - len(shape)
     if lead < 0:
         raise ShapeError(f"autograd: gradient of shape {g.shape} cannot be reduced to shape {shape}")
-    inner = [lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1]
-    if lead:
-        g = _red.sum(g, dim=tuple(range(lead)))  # the common bias case: one sum, no reshape
-    if inner:
-        g = _red.sum(g, dim=tuple(a - lead for a in inner), keepdim=True)
+    inner = tuple(lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1)
+    if not lead:
+        return _red.sum(g, dim=inner, keepdim=True)  # keeps the shape: no reshape between it and its reader
+    # One reduction over all the axes (one fused kernel in compiled mode), e.g. a conv bias's (0, 2, 3).
+    g = _red.sum(g, dim=tuple(range(lead)) + inner)
     return _mov.reshape(g, shape) if g.shape != shape else g
 
 

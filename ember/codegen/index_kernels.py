@@ -182,8 +182,9 @@ int64_t ek_maxpool_@S@(@T@ *restrict out, const @T@ *restrict x,
     return 0;
 }
 
-/* The backward of one plane whose windows tile it (stride = kernel, no dilation, no padding): every input
-   element gets its window's gradient or 0, in one pass. Inlined with constant KH, KW for the usual sizes. */
+/* The backward of one plane whose windows tile it (stride = kernel, no dilation, no padding; rows and
+   columns past the last window are zeroed by the caller): every element of a window gets the window's
+   gradient or 0, in one pass. Inlined with constant KH, KW for the usual sizes. */
 static inline __attribute__((always_inline)) void ek_pool_tiles_@S@(
         @T@ *restrict dst, const @T@ *restrict xs, const @T@ *restrict os, const @T@ *restrict gs,
         int64_t oh, int64_t ow, int64_t w, int64_t xh, int64_t xw, int64_t oh_s, int64_t ow_s, int64_t gh,
@@ -260,8 +261,12 @@ int64_t ek_maxpool_bwd_@S@(@T@ *restrict grad, const @T@ *restrict g, const @T@ 
             for (int64_t ci = 0; ci < c; ci++) {
                 if (!buf || !arg) continue;
                 const @T@ *xs = x + ni * xn + ci * xc;
-                if (sh == kh && sw == kw && dh == 1 && dw == 1 && pt == 0 && pl == 0 && oh * kh == h && ow * kw == w) {
+                if (sh == kh && sw == kw && dh == 1 && dw == 1 && pt == 0 && pl == 0 && oh * kh <= h && ow * kw <= w) {
                     @T@ *dst = grad + (ni * c + ci) * h * w;
+                    /* rows and columns past the last window (floor mode) get no gradient */
+                    for (int64_t y = 0; y < oh * kh; y++)
+                        for (int64_t q = ow * kw; q < w; q++) dst[y * w + q] = 0;
+                    memset(dst + oh * kh * w, 0, (size_t)((h - oh * kh) * w) * sizeof(@T@));
                     const @T@ *os = out + ni * on + ci * oc, *gs = g + ni * gn + ci * gc;
                     const int unit = xw == 1 && ow_s == 1 && gw == 1;  /* rows contiguous: vectorizable */
                     if (unit && kh == 2 && kw == 2)

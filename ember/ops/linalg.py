@@ -402,13 +402,12 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: An
     k, length = cg * kh * kw, n * oh * ow
     if groups == 1:
         y = matmul(reshape(weight, (o, k)), reshape(cols, (k, length)))
-        if bias is not None:
-            y = y + reshape(bias, (o, 1))
     else:
         y = matmul(reshape(weight, (groups, o // groups, k)), reshape(cols, (groups, k, length)))
-        if bias is not None:
-            y = y + reshape(bias, (groups, o // groups, 1))
-    return _to_nchw(reshape(y, (o, n, oh, ow)), unbatched)
+    y = _to_nchw(reshape(y, (o, n, oh, ow)), unbatched)
+    # The bias is added in the (N)CHW layout the caller sees, so that in compiled mode it fuses with the
+    # activation that follows (one kernel reading the GEMM's output through the permutation).
+    return y if bias is None else y + reshape(bias, (o, 1, 1))
 
 
 # ----------------------------------------------------------------------------- pooling

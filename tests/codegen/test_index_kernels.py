@@ -103,7 +103,9 @@ POOLS = [  # (N, C, H, W), kernel, stride, padding (t, b, l, r), dilation
 
 @pytest.mark.parametrize("strided", [False, True])
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("geom", POOLS + [((2, 2, 9, 6), (3, 3), (3, 3), (0, 0, 0, 0), (1, 1))])
+@pytest.mark.parametrize("geom", POOLS + [((2, 2, 9, 6), (3, 3), (3, 3), (0, 0, 0, 0), (1, 1)),
+                                          ((2, 3, 11, 11), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),   # a row and
+                                          ((2, 2, 10, 11), (3, 3), (3, 3), (0, 0, 0, 0), (1, 1))])  # column left
 def test_max_pool_forward_and_backward_match_numpy(dtype, geom, strided):
     """Same values as the NumPy path: ties go to the first maximum, NaN is the maximum, -inf windows and
     windows into the padding work; x and g may be strided views."""
