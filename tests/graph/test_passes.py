@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import ember
+import ember.nn.functional as F
 from ember.errors import ShapeError
 from ember.graph.compile import optimize
 from ember.graph.ir import Graph
@@ -105,6 +106,26 @@ def test_broadcast_of_a_scalar_folds_into_the_kernel() -> None:
     new, _ = algebraic.run(g, PassContext())
     assert ops(new) == {"mul": 1}
     assert np.array_equal(run_graph(new, x.data)[0], x.data * np.float32(2))
+
+
+def test_relu_mask_moves_before_the_max_pool_backward() -> None:
+    """relu -> max_pool2d: the backward masks the pooled gradient instead of the full-size one, same values
+    (ties, negative windows and an all-negative plane included)."""
+    rng = np.random.default_rng(0)
+    x = np.round(rng.standard_normal((2, 3, 8, 8)), 1).astype(np.float32)
+    x[1, 2] = -np.abs(x[1, 2]) - 1                      # every window negative: its gradient is 0
+    w = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+
+    def f(x, w):
+        return (F.max_pool2d(F.relu(x), 2) * w).sum()
+    xt, wt = ember.tensor(x, requires_grad=True), ember.tensor(w)
+    g = traced(lambda x, w: ember.grad(f(x, w), [x])[0], xt, wt)
+    new, notes = algebraic.run(g, PassContext())
+    assert any("ReLU mask moved before max-pool backward" in n for n in notes), notes
+    mb = [n for n in new.nodes if n.kind == "op" and n.op.name == "max_pool2d_backward"]
+    assert len(mb) == 1 and mb[0].inputs[0].shape == (2, 3, 4, 4)   # the masked gradient is the pooled one
+    f(xt, wt).backward()
+    np.testing.assert_array_equal(run_graph(new, x, w)[0], xt.grad.numpy())
 
 
 def test_layout_collapses_view_chains() -> None:

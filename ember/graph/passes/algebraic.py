@@ -1,7 +1,8 @@
 """Algebraic simplification: identities that remove work without changing a single result bit
 that matters (``x*1``, ``x/1``, ``x+0``, ``x-0``, ``--x``, casts to the same dtype, sums over
-size-1 dimensions), and scalar broadcasts folded into the consuming pointwise op (the kernel
-broadcasts, so the ``expand`` disappears)."""
+size-1 dimensions), scalar broadcasts folded into the consuming pointwise op (the kernel
+broadcasts, so the ``expand`` disappears), and a ReLU's backward mask applied before a max-pool backward
+instead of after it (on the pooled gradient, a quarter of the size for 2x2 windows)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,42 @@ def _same(a: Node, n: Node) -> bool:
     return a.shape == n.shape and a.dtype is n.dtype
 
 
-def simplify(g: Graph, n: Node, ins: tuple) -> tuple[Node | None, str | None]:
-    """A replacement for ``n`` (with inputs ``ins``) and the rule's name, or (None, None)."""
+def _relu_mask_of(m: Node, x: Node) -> Node | None:
+    """The ``gt(x, 0)`` under ``m`` when ``m`` is ``cast(gt(x, 0))`` (ReLU's backward mask of the output x)."""
+    if m.kind != "op" or m.op.name != "cast" or m.inputs[0].kind != "op" or m.inputs[0].op.name != "gt":
+        return None
+    gt = m.inputs[0]
+    return gt if gt.inputs[0] is x and _is(gt.inputs[1], 0) and gt.inputs[1].numel == 1 else None
+
+
+def _mask_before_pool_backward(g: Graph, n: Node, ins: tuple, single: set[int]) -> Node | None:
+    """``max_pool2d_backward(G, X, OUT) * (X > 0)`` -> ``max_pool2d_backward(G * (OUT > 0), X, OUT)``: a ReLU's
+    backward after max pooling masks the pooled gradient (4x smaller for 2x2 windows) instead of the full one.
+    Exact: each window's gradient lands on its maximum, where X equals OUT."""
+    for k in (0, 1):
+        p, m = ins[k], ins[1 - k]
+        if (p.kind != "op" or p.op.name != "max_pool2d_backward" or n.inputs[k].id not in single
+                or not _same(p, n)):
+            continue
+        grad, x, out = p.inputs
+        gt = _relu_mask_of(m, x)
+        if gt is None or grad.dtype is not n.dtype:
+            continue
+        small_gt = g.make(gt.op, (out, gt.inputs[1]), gt.attrs, out.shape, gt.dtype, out.device)
+        small_mask = g.make(m.op, (small_gt,), m.attrs, out.shape, m.dtype, out.device)
+        masked = g.make(n.op, (grad, small_mask), n.attrs, grad.shape, grad.dtype, grad.device)
+        return g.make(p.op, (masked, x, out), p.attrs, p.shape, p.dtype, p.device)
+    return None
+
+
+def simplify(g: Graph, n: Node, ins: tuple, single: set[int] | None = None) -> tuple[Node | None, str | None]:
+    """A replacement for ``n`` (with inputs ``ins``) and the rule's name, or (None, None). ``single``: ids of
+    the (old graph's) nodes with one reader, for rules that must not duplicate work."""
     name = n.op.name
+    if name == "mul" and len(ins) == 2 and single is not None:
+        out = _mask_before_pool_backward(g, n, ins, single)
+        if out is not None:
+            return out, "ReLU mask moved before max-pool backward"
     if name in ("mul", "div") and len(ins) == 2:
         a, b = ins
         if _is(b, 1) and _same(a, n):
@@ -59,4 +93,5 @@ def simplify(g: Graph, n: Node, ins: tuple) -> tuple[Node | None, str | None]:
 
 
 def run(graph: Graph, ctx: Any) -> tuple[Graph, list[str]]:
-    return run_rules(graph, ctx, simplify)
+    single = {i for i, readers in graph.users().items() if len(readers) == 1}
+    return run_rules(graph, ctx, lambda g, n, ins: simplify(g, n, ins, single))
