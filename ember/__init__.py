@@ -51,3 +51,4 @@ from . import io, nn, optim, data
 from .io import load, save
 from . import graph
 from .graph import jit, placeholder
+from .amp import GradScaler, autocast

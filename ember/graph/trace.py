@@ -358,8 +358,10 @@ def trace(fn: Callable, args: tuple, kwargs: dict, name: str) -> tuple[Trace, An
 
 
 def _guards(tracer: Tracer, leaves: list[Tensor]) -> tuple[list[Callable[[], bool]], list[str]]:
-    guards: list[Callable[[], bool]] = []
-    text: list[str] = []
+    from .. import amp
+    key = amp.state_key()  # autocast's casts are traced in: a call in another precision state retraces
+    guards: list[Callable[[], bool]] = [lambda key=key: amp.state_key() == key]
+    text: list[str] = ["autocast state"] if any(d is not None for d in key) else []
     for m in tracer.modules.values():
         flag = m.training
         guards.append(lambda m=m, flag=flag: m.training == flag)

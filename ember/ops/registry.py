@@ -39,6 +39,9 @@ COMPOSITES: dict[str, Callable] = {}
 # adds a graph node when an input is symbolic (NotImplemented otherwise) and ``call(fn, args, kwargs)`` runs a
 # composite under the builder when an argument is symbolic.
 SYMBOLIC: list[Any] = [None]
+# Set by ember.amp while an autocast region is open in some thread: ``apply(op, inputs, attrs)`` and
+# ``call(fn, run, args, kwargs)`` return the autocast result, or NotImplemented to dispatch as usual.
+AUTOCAST: Any = None
 
 
 class Op:
@@ -108,6 +111,10 @@ class _JvpCtx:
 
 def apply(op: Op, *inputs: Any, **attrs: Any) -> Any:
     """Run ``op`` on tensors: eagerly (kernel + tape), or add it to the graph being traced."""
+    if AUTOCAST is not None:
+        out = AUTOCAST.apply(op, inputs, attrs)
+        if out is not NotImplemented:
+            return out
     state = STATE
     if state.tracer is not None:
         return state.tracer.apply(op, inputs, attrs)
@@ -203,6 +210,10 @@ def composite(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
+        if AUTOCAST is not None:
+            out = AUTOCAST.call(fn, run, args, kwargs)
+            if out is not NotImplemented:
+                return out
         state = STATE
         if state.tracer is None:
             if not state.forward_ad and eager_fusion_enabled():
