@@ -254,9 +254,12 @@ class Trace:
         self.why_unstable = why_unstable
         self.trace_ms = trace_ms
         self.merged = merged
+        from .. import amp
+        self.autocast = amp.state_key()  # autocast's casts are traced in: another state needs another trace
 
     def guards_hold(self) -> bool:
-        return all(g() for g in self.guards)
+        from .. import amp
+        return amp.state_key() == self.autocast and all(g() for g in self.guards)
 
 
 def trace(fn: Callable, args: tuple, kwargs: dict, name: str) -> tuple[Trace, Any]:
@@ -359,9 +362,8 @@ def trace(fn: Callable, args: tuple, kwargs: dict, name: str) -> tuple[Trace, An
 
 def _guards(tracer: Tracer, leaves: list[Tensor]) -> tuple[list[Callable[[], bool]], list[str]]:
     from .. import amp
-    key = amp.state_key()  # autocast's casts are traced in: a call in another precision state retraces
-    guards: list[Callable[[], bool]] = [lambda key=key: amp.state_key() == key]
-    text: list[str] = ["autocast state"] if any(d is not None for d in key) else []
+    guards: list[Callable[[], bool]] = []
+    text: list[str] = ["autocast state"] if any(d is not None for d in amp.state_key()) else []
     for m in tracer.modules.values():
         flag = m.training
         guards.append(lambda m=m, flag=flag: m.training == flag)
