@@ -48,6 +48,7 @@ long = int64
 int = int32
 
 from . import io, nn, optim, data
+from . import cuda
 from .io import load, save
 from . import graph
 from .graph import jit, placeholder

@@ -468,7 +468,8 @@ def _accumulate(leaf: Tensor, g: Tensor, create_graph: bool, handed_out: set[int
         # .grad that already exists is accumulated into in place, so replays can keep writing into it.
         STATE.tracer.note_grad(leaf)
         if leaf.grad is None:
-            shared = id(g.data) in handed_out or g.data.base is not None or not g.data.flags.writeable
+            shared = (id(g.data) in handed_out or g.data.base is not None
+                      or not getattr(g.data.flags, "writeable", True))
             leaf.grad = g.clone() if shared else g
             handed_out.add(id(leaf.grad.data))
         else:
@@ -476,15 +477,20 @@ def _accumulate(leaf: Tensor, g: Tensor, create_graph: bool, handed_out: set[int
         return
     if not create_graph:
         data = g.data
-        if (id(data) in handed_out or not data.flags.writeable or not data.flags.c_contiguous
+        if g.device.type == "cpu":
+            xp = np
+        else:  # the device's array namespace (CuPy arrays have no flags.writeable and refuse np.*)
+            from .device import get_backend
+            xp = get_backend(g.device).xp
+        if (id(data) in handed_out or not getattr(data.flags, "writeable", True) or not data.flags.c_contiguous
                 or data.base is not None):
-            data = np.array(data, copy=True, order="C")
+            data = xp.array(data, copy=True, order="C")
         handed_out.add(id(data))
         if leaf.grad is None:
             from .tensor import _make
             leaf.grad = _make(data, g.dtype, g.device)
         else:
-            np.add(leaf.grad.data, data, out=leaf.grad.data)
+            xp.add(leaf.grad.data, data, out=leaf.grad.data)
             leaf.grad._version[0] += 1
     else:
         leaf.grad = g if leaf.grad is None else leaf.grad + g
@@ -600,6 +606,7 @@ def gradcheck(fn: Callable, inputs: Sequence[Tensor], eps: float = 1e-6, atol: f
 
     Floating inputs that require grad are perturbed one element at a time; the
     output is reduced with a fixed random projection so every output element counts.
+    Inputs on a GPU are perturbed there; the comparison is made on host copies.
     """
     from .dtypes import float64
     from .tensor import Tensor as _T
@@ -607,7 +614,11 @@ def gradcheck(fn: Callable, inputs: Sequence[Tensor], eps: float = 1e-6, atol: f
     ins = []
     for t in inputs:
         if isinstance(t, _T) and t.dtype.is_floating_point:
-            c = _make(np.array(t.data, dtype=np.float64), float64, t.device)
+            xp = np
+            if t.device.type != "cpu":
+                from .device import get_backend
+                xp = get_backend(t.device).xp
+            c = _make(xp.array(t.data, dtype=np.float64), float64, t.device)
             c.requires_grad = t.requires_grad
             ins.append(c)
         else:
@@ -626,10 +637,10 @@ def gradcheck(fn: Callable, inputs: Sequence[Tensor], eps: float = 1e-6, atol: f
 
     def scalar(args: list) -> float:
         # Not under no_grad: ``fn`` may differentiate internally (checking a gradient of a gradient).
-        return float(sum(float(np.sum(o.data.astype(np.float64) * p)) for o, p in zip(outputs_of(args), projs)))
+        return float(sum(float(np.sum(o._host().astype(np.float64) * p)) for o, p in zip(outputs_of(args), projs)))
 
     from .ops import creation
-    gouts = [creation.tensor(p, dtype=o.dtype) for o, p in zip(outs, projs)]
+    gouts = [creation.tensor(p, dtype=o.dtype, device=o.device) for o, p in zip(outs, projs)]
     diff_outs = [(o, g) for o, g in zip(outs, gouts) if o.requires_grad]
     if diff_outs:
         analytic = grad([o for o, _ in diff_outs], [ins[i] for i in diff_idx], [g for _, g in diff_outs],
@@ -649,7 +660,7 @@ def gradcheck(fn: Callable, inputs: Sequence[Tensor], eps: float = 1e-6, atol: f
             fm = scalar(ins)
             flat[j] = orig
             num.reshape(-1)[j] = (fp - fm) / (2 * eps)
-        ana = np.zeros(x.shape) if a is None else a.data.astype(np.float64)
+        ana = np.zeros(x.shape) if a is None else a._host().astype(np.float64)
         if not np.allclose(ana, num, atol=atol, rtol=rtol):
             ok = False
             if raise_exception:

@@ -63,14 +63,18 @@ def to_device(spec: Any) -> Device:
     return _INTERNED.setdefault(d, d)
 
 
-def get_backend(device: Device):
-    """The backend module object that allocates and computes on ``device``."""
+def get_backend(device: Device) -> Any:
+    """The backend object that allocates and computes on ``device`` (``DeviceError`` when it is unusable)."""
     if device.type == "cpu":
         from .backend import cpu
         return cpu.BACKEND
+    from .backend import cuda
+    ok, reason = cuda.available()
+    if ok:
+        return cuda.backend(device.index)
     from .backend import available_backends
     raise DeviceError(f"device {device} is not available in this build; available: "
-                      f"{', '.join(available_backends())}")
+                      f"{', '.join(available_backends())} ({reason})")
 
 
 device = Device  # ember.device("cpu"), like torch.device

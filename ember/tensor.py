@@ -10,7 +10,7 @@ import numpy as np
 from . import dtypes as _dt
 from .autograd import STATE, _retain_grad_hook
 from .device import Device, to_device
-from .errors import AutogradError, DTypeError, ShapeError, TraceError
+from .errors import AutogradError, DeviceError, DTypeError, ShapeError, TraceError
 
 _new = object.__new__
 
@@ -44,9 +44,35 @@ def _float_mode(a: np.ndarray) -> str:
     return "maxprec" if finite.size and np.all(finite == np.round(finite)) else "fixed"
 
 
+def _writeable(a: Any) -> bool:
+    """Whether an in-place write into ``a`` is safe. NumPy says so in ``flags.writeable`` (False for
+    broadcast views); CuPy arrays have no such flag, so there a broadcast view (a zero stride over more
+    than one element) counts as read-only."""
+    writeable = getattr(a.flags, "writeable", None)
+    if writeable is not None:
+        return bool(writeable)
+    return not any(st == 0 and n > 1 for st, n in zip(a.strides, a.shape))
+
+
 def _is_one(x: Any) -> bool:
     """Whether a scale factor is the number 1 (a tensor factor, such as a traced learning rate, never is)."""
     return not isinstance(x, Tensor) and x == 1
+
+
+def _cuda_device(what: str, device: Any) -> Device:
+    """The ``cuda`` device that ``.cuda(device)`` means (None: the current GPU, which needs CUDA)."""
+    if device is None:
+        from .cuda import current_device
+        try:
+            return to_device(f"cuda:{current_device()}")
+        except DeviceError as e:
+            raise DeviceError(f"{what}: {e}") from None
+    if isinstance(device, int) and not isinstance(device, bool):
+        return to_device(f"cuda:{device}")
+    d = to_device(device)
+    if d.type != "cuda":
+        raise DeviceError(f"{what}: expected a cuda device (an index or 'cuda:N'), got {d}")
+    return d
 
 
 def _concrete(what: str) -> None:
@@ -141,24 +167,44 @@ class Tensor:
         if self.data.size != 1:
             raise ShapeError("item: only one-element tensors can be converted to a Python scalar, "
                              f"got shape {self.shape}")
-        return self.data.reshape(()).item()
+        return self._host().reshape(()).item()
 
     def tolist(self) -> Any:
         _concrete("Tensor.tolist()")
-        return self.data.tolist()
+        return self._host().tolist()
 
-    def numpy(self) -> np.ndarray:
-        """The data as a NumPy array, sharing memory (call ``.detach()`` first on a tensor that requires grad)."""
-        _concrete("Tensor.numpy()")
-        if self.requires_grad:
-            raise AutogradError("numpy: cannot call numpy() on a tensor that requires grad; "
-                                "use tensor.detach().numpy()")
+    def _host(self) -> np.ndarray:
+        """The data as a NumPy array: itself on the CPU, a host copy from another device."""
+        if self.device.type == "cpu":
+            return self.data
         from .device import get_backend
         return get_backend(self.device).to_numpy(self.data)
 
+    def numpy(self) -> np.ndarray:
+        """The data as a NumPy array, sharing memory (call ``.detach()`` first on a tensor that requires grad).
+
+        Only for CPU tensors, as in PyTorch: copy a GPU tensor to the host with ``.cpu()`` first.
+        """
+        _concrete("Tensor.numpy()")
+        if self.device.type != "cpu":
+            raise TypeError(f"can't convert {self.device} device type tensor to numpy. Use Tensor.cpu() to copy "
+                            "the tensor to host memory first.")
+        if self.requires_grad:
+            raise AutogradError("numpy: cannot call numpy() on a tensor that requires grad; "
+                                "use tensor.detach().numpy()")
+        return self.data
+
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """``np.asarray(tensor)``: the data itself on the CPU; a host copy of a tensor on another device
+        (``copy=False`` is then refused, as NumPy asks when a copy cannot be avoided)."""
         _concrete("np.asarray(tensor)")
-        return self.data if dtype is None else self.data.astype(dtype)
+        if self.device.type == "cpu":
+            return self.data if dtype is None else self.data.astype(dtype)
+        if copy is False:
+            raise ValueError(f"np.asarray(tensor, copy=False): a tensor on {self.device} cannot be viewed from "
+                             "host memory; it is copied to the host (call .cpu() to say so)")
+        arr = self._host()
+        return arr if dtype is None else arr.astype(dtype, copy=False)
 
     def __bool__(self) -> bool:
         _concrete("bool(tensor) (e.g. a Python `if` or `while` on a tensor)")
@@ -188,8 +234,9 @@ class Tensor:
     def __repr__(self) -> str:
         if STATE.tracer is not None and self.data is None:
             return f"tensor(<traced>, shape={self.shape}, dtype={self.dtype.name})"
-        body = np.array2string(self.data, separator=", ", prefix="tensor(", threshold=1000, edgeitems=3,
-                               precision=4, floatmode=_float_mode(self.data))
+        host = self._host()
+        body = np.array2string(host, separator=", ", prefix="tensor(", threshold=1000, edgeitems=3,
+                               precision=4, floatmode=_float_mode(host))
         extra = []
         if self.data.size == 0 and self.ndim != 1:
             extra.append(f"size={self.shape}")
@@ -264,8 +311,13 @@ class Tensor:
         return lambda: hooks.remove(hook) if hook in hooks else None
 
     # ------------------------------------------------------------------ conversion
-    def to(self, *args: Any, dtype: Any = None, device: Any = None, copy: bool = False) -> Tensor:
-        """``t.to(dtype)``, ``t.to(device)``, ``t.to(device, dtype)`` or ``t.to(other_tensor)``."""
+    def to(self, *args: Any, dtype: Any = None, device: Any = None, copy: bool = False,
+           non_blocking: bool = False) -> Tensor:
+        """``t.to(dtype)``, ``t.to(device)``, ``t.to(device, dtype)`` or ``t.to(other_tensor)``.
+
+        A device change copies (differentiably: the gradient flows back to this tensor's device);
+        ``non_blocking`` is accepted for PyTorch compatibility, and copies are synchronous either way.
+        """
         for a in args:
             if isinstance(a, Tensor):
                 dtype, device = a.dtype, a.device
@@ -304,7 +356,13 @@ class Tensor:
         return self.to(_dt.bool_)
 
     def cpu(self) -> Tensor:
+        """This tensor on the host (itself when it is there already)."""
         return self.to("cpu")
+
+    def cuda(self, device: Any = None, non_blocking: bool = False) -> Tensor:
+        """This tensor on a GPU: ``device`` is an index, ``'cuda:N'`` or ``ember.device`` (default: the
+        current GPU, ``ember.cuda.current_device()``)."""
+        return self.to(_cuda_device("Tensor.cuda", device))
 
     def clone(self) -> Tensor:
         return _ops.pointwise.clone(self)
@@ -356,11 +414,15 @@ class Tensor:
         if result.dtype is not self.dtype and result.dtype.category > self.dtype.category:
             raise DTypeError(f"in-place operation: result type {result.dtype.name} can't be cast to the "
                              f"tensor's dtype {self.dtype.name}")
-        if not self.data.flags.writeable:
+        if not _writeable(self.data):
             raise AutogradError(f"in-place operation on a read-only tensor of shape {self.shape} "
                                 "(an expanded/broadcast view); .clone() it first")
         if result.data is not self.data:
-            np.copyto(self.data, result.data, casting="unsafe")
+            if self.device.type == "cpu":
+                np.copyto(self.data, result.data, casting="unsafe")
+            else:
+                from .device import get_backend
+                get_backend(self.device).xp.copyto(self.data, result.data, casting="unsafe")
         if STATE.tracer is not None:
             if result.dtype is not self.dtype:
                 result = _ops.pointwise.cast(result, self.dtype)
@@ -395,7 +457,7 @@ class Tensor:
     def copy_(self, src: Any) -> Tensor:
         """Copy ``src`` (broadcast to this shape, cast to this dtype) into this tensor."""
         def take(_old: Tensor, s: Any) -> Tensor:
-            s = s if isinstance(s, Tensor) else _ops.creation.tensor(s, dtype=self.dtype)
+            s = s if isinstance(s, Tensor) else _ops.creation.tensor(s, dtype=self.dtype, device=self.device)
             s = _ops.movement.expand(s, self.shape) if s.shape != self.shape else s
             return _ops.pointwise.cast(s, self.dtype) if s.dtype is not self.dtype else s
         if isinstance(src, Tensor) and src.device != self.device:

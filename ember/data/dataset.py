@@ -72,7 +72,9 @@ def check_indices(name: str, indices: Any, n: int) -> np.ndarray:
 
 def wrap(array: Any, like: Tensor) -> Tensor:
     """An ember tensor over ``array`` with ``like``'s dtype and device (no copy, not on the tape)."""
-    return _make(array if isinstance(array, np.ndarray) else np.asarray(array), like.dtype, like.device)
+    if not isinstance(array, np.ndarray) and like.device.type == "cpu":  # a NumPy scalar from t.data[i]
+        array = np.asarray(array)
+    return _make(array, like.dtype, like.device)  # on a GPU, indexing gives a device array (0-d for a scalar)
 
 
 class TensorDataset(Dataset[tuple]):

@@ -14,7 +14,7 @@ __all__ = ["roc_auc"]
 
 def _host(name: str, what: str, x: Any) -> np.ndarray:
     if isinstance(x, Tensor):
-        x = x.detach().numpy()
+        x = x.detach().cpu().numpy()
     a = np.asarray(x)
     if a.dtype == object or a.dtype.kind not in "biuf":
         raise TypeError(f"{name}: {what} must be numeric, got dtype {a.dtype}")

@@ -2,7 +2,8 @@
 
 Everything here moves the NumPy array behind a CPU ``Tensor`` with mpi4py's buffer (uppercase)
 methods; tensor data is never pickled. Non-contiguous tensors are copied to a contiguous buffer
-first (and copied back for in-place operations).
+first (and copied back for in-place operations). Tensors on ``cuda`` devices take the same calls
+through NCCL instead (``ember.distributed.nccl``; headers and agreement checks still go over MPI).
 
 Blocking collectives check, with one small extra all-reduce, that every rank passed a tensor of the
 same dtype and (where it must match) shape, and raise a ``ShapeError``/``DTypeError`` listing what
@@ -27,6 +28,7 @@ from .. import dtypes as _dt
 from ..device import CPU
 from ..errors import DeviceError, DTypeError, EmberError, ShapeError
 from ..tensor import Tensor, _make
+from .nccl import NcclPath, gpu_backend, is_cuda, no_request_handles
 
 __all__ = ["Communicator", "DistributedError", "Handle", "get_local_rank", "get_rank", "get_world_size", "init",
            "is_initialized", "world"]
@@ -124,6 +126,9 @@ def _header(t: Tensor) -> np.ndarray:
 
 
 def _parse_header(h: np.ndarray, n: int) -> tuple[_dt.DType, tuple[int, ...]]:
+    if int(h[0]) < 0:
+        raise DistributedError("irecv: the message holds a cuda tensor (its data comes over NCCL); receive it with "
+                               "recv(), or send a CPU tensor")
     dtype = _dt.ALL[int(h[0])]
     ndim = int(h[1])
     if n != 2 + ndim:
@@ -214,9 +219,16 @@ class Communicator:
             group, list(range(self.size)), wgroup))
         group.Free()
         wgroup.Free()
+        self._nccl: NcclPath | None = None  # the GPU path, made on the first call with a cuda tensor
 
     def __repr__(self) -> str:
         return f"Communicator(rank={self.rank}, size={self.size})"
+
+    def _gpu(self) -> NcclPath:
+        """The NCCL path that cuda tensors take (see ``ember.distributed.nccl``)."""
+        if self._nccl is None:
+            self._nccl = NcclPath(self)
+        return self._nccl
 
     # -------------------------------------------------------------------- agreement checks
     def _agree(self, name: str, key: Sequence[int], what: str, detail: str, error: type = ShapeError) -> None:
@@ -245,10 +257,14 @@ class Communicator:
     def allreduce(self, t: Tensor, op: str = "sum") -> Tensor:
         """A new tensor holding the elementwise reduction (``sum``/``mean``/``max``/``min``/``prod``)
         of ``t`` over all ranks."""
+        if is_cuda(t):
+            return self._gpu().allreduce("allreduce", t, op, inplace=False)
         return self._allreduce("allreduce", t, op, inplace=False)
 
     def allreduce_(self, t: Tensor, op: str = "sum") -> Tensor:
         """Reduce ``t`` over all ranks in place; returns ``t``."""
+        if is_cuda(t):
+            return self._gpu().allreduce("allreduce_", t, op, inplace=True)
         return self._allreduce("allreduce_", t, op, inplace=True)
 
     def _allreduce(self, name: str, t: Tensor, op: str, inplace: bool) -> Tensor:
@@ -270,7 +286,11 @@ class Communicator:
 
     def iallreduce_(self, t: Tensor, op: str = "sum") -> Handle:
         """Start reducing ``t`` in place over all ranks; ``wait()`` returns ``t`` when it is done.
-        Do not read or write ``t`` until then."""
+        Do not read or write ``t`` until then. For a cuda tensor the reduction is enqueued on the GPU stream
+        at once and ``wait()`` returns without a host wait."""
+        if is_cuda(t):
+            done = self._gpu().allreduce("iallreduce_", t, op, inplace=True)
+            return Handle([], lambda: done)
         _check_tensor("iallreduce_", t)
         _check_op("iallreduce_", op, t)
         buf = _contig(t, copy=False)
@@ -288,30 +308,42 @@ class Communicator:
         """A new tensor holding ``src``'s ``t`` on every rank. On other ranks ``t`` may be None (shape and
         dtype then come from ``src``); a tensor given there must match ``src``'s shape and dtype."""
         src = _check_rank("broadcast", "src", src, self.size)
-        if self.rank == src or t is not None:
+        gpu = is_cuda(t)  # a cuda tensor: the header says so (a negative dtype code), the data goes by NCCL
+        if gpu:
+            gpu_backend("broadcast", t.device)
+        elif self.rank == src or t is not None:
             _check_tensor("broadcast", t)
         if self.rank == src:
             head = _header(t)
+            if gpu:
+                head[0] = -1 - head[0]
             head = np.concatenate([head, np.zeros(2 + _MAX_NDIM - head.size, np.int64)])
         else:
             head = np.zeros(2 + _MAX_NDIM, np.int64)
         self.mpi.Bcast(head, root=src)
-        dtype, shape = _dt.ALL[int(head[0])], tuple(int(s) for s in head[2:2 + int(head[1])])
-        bad = t is not None and (t.dtype is not dtype or tuple(t.shape) != shape)
+        on_gpu = int(head[0]) < 0
+        code = -1 - int(head[0]) if on_gpu else int(head[0])
+        dtype, shape = _dt.ALL[code], tuple(int(s) for s in head[2:2 + int(head[1])])
+        bad = t is not None and (t.dtype is not dtype or tuple(t.shape) != shape or gpu != on_gpu)
         if self.check and self.size > 1:
             flag = np.array([int(bad)], dtype=np.int64)
             self.mpi.Allreduce(_mpi().IN_PLACE, flag, _mpi().MAX)
             if flag[0]:
-                details = self.mpi.allgather("None" if t is None else _desc(t))
+                details = self.mpi.allgather("None" if t is None else _desc(t) + (f" on {t.device}" if gpu else ""))
                 listing = ", ".join(f"rank {r}: {d}" for r, d in enumerate(details))
+                where = " on a cuda device" if on_gpu else ""
                 raise ShapeError(f"broadcast: tensors on other ranks must match the shape and dtype of rank "
-                                 f"{src}'s ({dtype.name} {shape}) or be None; got {listing}")
+                                 f"{src}'s ({dtype.name} {shape}{where}) or be None; got {listing}")
+        if on_gpu:
+            return self._gpu().broadcast_into("broadcast", t, src, dtype, shape)
         buf = _contig(t, copy=True) if self.rank == src else np.empty(shape, dtype=dtype.np)
         self.mpi.Bcast(_as_bytes(buf), root=src)
         return _wrap(buf, dtype)
 
     def broadcast_(self, t: Tensor, src: int = 0) -> Tensor:
         """Overwrite ``t`` with ``src``'s ``t`` (same shape and dtype on every rank); returns ``t``."""
+        if is_cuda(t):
+            return self._gpu().broadcast_("broadcast_", t, _check_rank("broadcast_", "src", src, self.size))
         _check_tensor("broadcast_", t)
         src = _check_rank("broadcast_", "src", src, self.size)
         self._agree_tensor("broadcast_", t)
@@ -323,6 +355,9 @@ class Communicator:
 
     def ibroadcast_(self, t: Tensor, src: int = 0) -> Handle:
         """Start overwriting ``t`` with ``src``'s ``t``; ``wait()`` returns ``t``."""
+        if is_cuda(t):
+            done = self._gpu().broadcast_("ibroadcast_", t, _check_rank("ibroadcast_", "src", src, self.size))
+            return Handle([], lambda: done)
         _check_tensor("ibroadcast_", t)
         src = _check_rank("ibroadcast_", "src", src, self.size)
         buf = _contig(t, copy=False)
@@ -338,6 +373,8 @@ class Communicator:
     def allgather(self, t: Tensor) -> Tensor:
         """Every rank's ``t`` (same shape everywhere) concatenated along dim 0, in rank order.
         0-d tensors are stacked into shape ``(size,)``."""
+        if is_cuda(t):
+            return self._gpu().allgather("allgather", t)
         _check_tensor("allgather", t)
         self._agree_tensor("allgather", t)
         src = _contig(t, copy=False)
@@ -348,6 +385,8 @@ class Communicator:
 
     def allgather_v(self, t: Tensor) -> Tensor:
         """Every rank's ``t`` concatenated along dim 0, in rank order; dim 0 may differ per rank."""
+        if is_cuda(t):
+            return self._gpu().allgather_v("allgather_v", t)
         _check_tensor("allgather_v", t)
         if t.ndim == 0:
             raise ShapeError("allgather_v: expected a tensor with at least one dimension, got a 0-d tensor")
@@ -364,6 +403,8 @@ class Communicator:
 
     def reduce_scatter(self, t: Tensor, op: str = "sum") -> Tensor:
         """Reduce ``t`` over all ranks and give rank ``r`` chunk ``r`` of dim 0 (split into ``size`` equal chunks)."""
+        if is_cuda(t):
+            return self._gpu().reduce_scatter("reduce_scatter", t, op)
         _check_tensor("reduce_scatter", t)
         _check_op("reduce_scatter", op, t)
         if t.ndim == 0 or t.shape[0] % self.size:
@@ -383,7 +424,17 @@ class Communicator:
 
     # -------------------------------------------------------------------- point to point
     def send(self, t: Tensor, dst: int, tag: int = 0) -> None:
-        """Send ``t`` to rank ``dst`` (a small header with its shape and dtype goes first)."""
+        """Send ``t`` to rank ``dst`` (a small header with its shape and dtype goes first). A cuda tensor's
+        header goes over MPI and its data over NCCL, enqueued on the GPU stream."""
+        if is_cuda(t):
+            gpu_backend("send", t.device)
+            dst = _check_rank("send", "dst", dst, self.size)
+            tag = _check_tag("send", tag)
+            head = _header(t)
+            head[0] = -1 - head[0]
+            self.mpi.Send(head, dest=dst, tag=tag)
+            self._gpu().send_data("send", t, dst)
+            return
         _check_tensor("send", t)
         dst = _check_rank("send", "dst", dst, self.size)
         tag = _check_tag("send", tag)
@@ -392,16 +443,20 @@ class Communicator:
 
     def recv(self, src: int, tag: int = 0, out: Tensor | None = None) -> Tensor:
         """Receive a tensor sent by ``send``/``isend`` from ``src`` (``MPI.ANY_SOURCE`` is allowed) into
-        ``out`` if given (its shape and dtype must match what was sent), else into a new tensor."""
+        ``out`` if given (its shape and dtype must match what was sent), else into a new tensor.
+        A cuda tensor sent by ``send`` arrives over NCCL into ``out`` (which must then be on a cuda device)
+        or into a new tensor on the current GPU."""
         MPI = _mpi()
         if src != MPI.ANY_SOURCE:
             src = _check_rank("recv", "src", src, self.size)
         tag = _check_tag("recv", tag)
-        if out is not None:
+        if out is not None and not is_cuda(out):
             _check_tensor("recv", out, "out")
         head = np.empty(2 + _MAX_NDIM, dtype=np.int64)
         status = MPI.Status()
         self.mpi.Recv(head, source=src, tag=tag, status=status)
+        if int(head[0]) < 0 or is_cuda(out):
+            return self._recv_gpu(head, status, tag, out)
         dtype, shape = _parse_header(head, status.Get_count(MPI.INT64_T))
         src = status.Get_source()
         if out is None:
@@ -418,8 +473,30 @@ class Communicator:
         _write_back(out, buf)
         return out
 
+    def _recv_gpu(self, head: np.ndarray, status: Any, tag: int, out: Tensor | None) -> Tensor:
+        """The rest of ``recv`` when the message or ``out`` is on a GPU (the header has been received)."""
+        MPI = _mpi()
+        src = status.Get_source()
+        on_gpu = int(head[0]) < 0
+        if on_gpu:
+            head = head.copy()
+            head[0] = -1 - head[0]
+        dtype, shape = _parse_header(head, status.Get_count(MPI.INT64_T))
+        moved = out is not None and is_cuda(out) != on_gpu
+        if out is not None and (moved or out.dtype is not dtype or tuple(out.shape) != shape):
+            if on_gpu:  # drain the message so the channel stays in step
+                self._gpu().recv_data("recv", src, dtype, shape, None)
+            else:
+                self.mpi.Recv(_as_bytes(np.empty(shape, dtype=dtype.np)), source=src, tag=tag)
+            sent = f"{dtype.name} {shape}" + (" on a cuda device" if on_gpu else " on cpu")
+            error = DeviceError if moved else ShapeError
+            raise error(f"recv: rank {src} sent {sent} on tag {tag}, but out is {_desc(out)} on {out.device}")
+        return self._gpu().recv_data("recv", src, dtype, shape, out)
+
     def isend(self, t: Tensor, dst: int, tag: int = 0) -> Handle:
         """Start sending ``t`` to ``dst``; do not modify ``t`` until ``wait()`` (which returns None)."""
+        if is_cuda(t):
+            raise no_request_handles("isend", t)
         _check_tensor("isend", t)
         dst = _check_rank("isend", "dst", dst, self.size)
         tag = _check_tag("isend", tag)
@@ -429,6 +506,8 @@ class Communicator:
 
     def irecv(self, out: Tensor, src: int, tag: int = 0) -> Handle:
         """Start receiving into ``out`` (shape and dtype must match what ``src`` sends); ``wait()`` returns ``out``."""
+        if is_cuda(out):
+            raise no_request_handles("irecv", out)
         _check_tensor("irecv", out, "out")
         src = _check_rank("irecv", "src", src, self.size)
         tag = _check_tag("irecv", tag)
@@ -497,7 +576,9 @@ class Communicator:
         return None if sub == MPI.COMM_NULL else Communicator(sub, check=self.check)
 
     def free(self) -> None:
-        """Release the MPI communicator (never the world's)."""
+        """Release the MPI communicator (never the world's) and its NCCL communicators."""
+        if self._nccl is not None:
+            self._nccl.close()
         MPI = _mpi()
         if self.mpi not in (MPI.COMM_WORLD, MPI.COMM_SELF, MPI.COMM_NULL):
             self.mpi.Free()

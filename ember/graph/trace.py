@@ -81,7 +81,15 @@ class Tracer:
         self.merged = 0
 
     # -- values
+    def _cpu_only(self, t: Tensor) -> None:
+        if t.device.type != "cpu":
+            raise TraceError(f"ember.jit: compiled mode runs on the CPU only (the GPU's, NVRTC-compiled kernels "
+                             f"on CUDA streams, is not built yet); {self.graph.name} reads a tensor of shape "
+                             f"{t.shape} on {t.device}. Call the function without ember.jit to run it eagerly "
+                             "on the GPU, or move its tensors to the CPU.")
+
     def bind_input(self, t: Tensor, index: int, name: str) -> None:
+        self._cpu_only(t)
         node = self.graph.add_input(t.shape, t.dtype, t.device, name, index)
         self._map(t.data, node)
 
@@ -94,6 +102,7 @@ class Tracer:
         node = self.storage.get(id(a))
         if node is not None:
             return node
+        self._cpu_only(t)
         if id(a) in self.born:
             node = self.graph.add_const(np.array(a, copy=True), t.dtype, t.device)
         else:

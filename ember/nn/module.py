@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..autograd import STATE, no_grad
-from ..device import to_device
+from ..device import get_backend, to_device
 from ..errors import EmberError, ShapeError
 from ..tensor import Tensor
 from .parameter import Parameter
@@ -326,7 +326,14 @@ class Module:
         return self._convert(convert)
 
     def cpu(self) -> Module:
+        """Move parameters and buffers to the host, in place."""
         return self.to("cpu")
+
+    def cuda(self, device: Any = None) -> Module:
+        """Move parameters and buffers to a GPU in place (an index or ``'cuda:N'``; default: the current
+        GPU). Parameter objects keep their identity, so an optimizer made before still updates them."""
+        from ..tensor import _cuda_device
+        return self.to(_cuda_device("Module.cuda", device))
 
     def float(self) -> Module:
         return self.to(dtype=_dt.float32)
@@ -473,7 +480,12 @@ def _copy_into(target: Tensor, src: Any, key: str, assign: bool) -> None:
     if tuple(arr.shape) != tuple(target.shape):  # checked above; kept for direct callers
         raise ShapeError(f"load_state_dict: {key}: shape {tuple(arr.shape)} does not match {tuple(target.shape)}")
     if assign and isinstance(src, Tensor):
-        target.data, target.dtype = src.data, src.dtype
-    else:
+        target.data, target.dtype, target.device = src.data, src.dtype, src.device
+    elif target.device.type == "cpu":
+        if isinstance(src, Tensor) and src.device.type != "cpu":
+            arr = get_backend(src.device).to_numpy(arr)  # a GPU array has no implicit host conversion
         np.copyto(target.data, np.asarray(arr).astype(target.data.dtype, copy=False), casting="unsafe")
+    else:  # through the target's backend: host data (or another GPU's) is copied over, then copied in place
+        backend = get_backend(target.device)
+        backend.xp.copyto(target.data, backend.asarray(arr, target.data.dtype), casting="unsafe")
     target._version[0] += 1

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..autograd import no_grad
+from ..device import get_backend
 from ..errors import DTypeError, ShapeError
 from ..ops import movement as _mov
 from ..ops import pointwise as _pw
@@ -245,7 +246,9 @@ class GPT(Module):
             else:
                 logits = logits / temperature
                 if top_k is not None and top_k < logits.shape[-1]:
-                    kth = np.partition(logits.data, -top_k, axis=-1)[:, -top_k:].min(-1, keepdims=True)
+                    xp = np if logits.device.type == "cpu" else get_backend(logits.device).xp
+                    part = xp.partition(logits.data, logits.shape[-1] - top_k, axis=-1)
+                    kth = part[:, -top_k:].min(-1, keepdims=True)
                     logits = _pw.where(logits < _make(kth, logits.dtype, logits.device), float("-inf"), logits)
                 cdf = cumsum(softmax(logits, -1), -1)
                 # u < cdf[-1], so the count of cdf entries <= u is a token of positive probability

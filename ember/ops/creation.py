@@ -8,12 +8,13 @@ from typing import Any
 import numpy as np
 
 from .. import dtypes as _dt
+from ..autograd import STATE, Node
 from ..device import get_backend
 from ..device import to_device as _device
-from ..errors import DTypeError, ShapeError
+from ..errors import DeviceError, DTypeError, ShapeError, TraceError
 from ..tensor import Tensor, _make
 from ._shape import check_shape_arg
-from .registry import SYMBOLIC
+from .registry import SYMBOLIC, Op
 
 
 def _shape_args(name: str, size: tuple) -> tuple[int, ...]:
@@ -126,7 +127,7 @@ def from_dlpack(obj: Any) -> Tensor:
     if not hasattr(obj, "__dlpack__"):
         raise TypeError(f"from_dlpack: expected an object with __dlpack__ (a PyTorch/JAX/CuPy/NumPy array), "
                         f"got {type(obj).__name__}")
-    dev_type, _ = obj.__dlpack_device__() if hasattr(obj, "__dlpack_device__") else (1, 0)
+    dev_type, dev_id = obj.__dlpack_device__() if hasattr(obj, "__dlpack_device__") else (1, 0)
     if dev_type == 1:  # kDLCPU
         try:
             arr = np.from_dlpack(obj)
@@ -134,8 +135,16 @@ def from_dlpack(obj: Any) -> Tensor:
             raise DTypeError(f"from_dlpack: cannot import this array ({e}); supported dtypes: "
                              f"{', '.join(d.name for d in _dt.ALL)}") from None
         return _make(arr, _dt.from_numpy_dtype(arr.dtype), _device("cpu"))
-    dev = _device("cuda")
-    arr = get_backend(dev).from_dlpack(obj)
+    if dev_type not in (2, 13):  # kDLCUDA, kDLCUDAManaged
+        raise DeviceError(f"from_dlpack: the array is on DLPack device type {dev_type}; ember imports CPU (1) and "
+                          "CUDA (2, 13) arrays")
+    dev = _device(f"cuda:{int(dev_id)}")
+    backend = get_backend(dev)  # DeviceError naming the reason when CUDA is not usable here
+    try:
+        arr = backend.from_dlpack(obj)
+    except (BufferError, TypeError, ValueError) as e:  # e.g. bfloat16, which CuPy lacks
+        raise DTypeError(f"from_dlpack: cannot import this array ({e}); supported dtypes: "
+                         f"{', '.join(d.name for d in _dt.ALL)}") from None
     return _make(arr, _dt.from_numpy_dtype(np.dtype(arr.dtype.name)), dev)
 
 
@@ -250,13 +259,55 @@ def eye(n: int, m: int | None = None, dtype: Any = None, device: Any = None, req
     return _finish(np.eye(n, m, dtype=d.np), d, device, requires_grad, "eye")
 
 
+# ----------------------------------------------------------------------------- moving between devices
+
+def _to_device_infer(x: Tensor, device: Any, src: Any) -> tuple:
+    return x.shape, x.dtype
+
+
+def _to_device_impl(xp: Any, x: Any, device: Any, src: Any) -> Any:
+    """Copy one array from device ``src`` to ``device``; the two backends do the work (``xp`` is unused).
+    Device to host is the source backend's ``to_numpy``; anything to a GPU is the target's ``asarray``
+    (host data is copied over, an array on another GPU is copied across)."""
+    if device.type == "cpu":
+        return get_backend(src).to_numpy(x)
+    return get_backend(device).asarray(x)
+
+
+# The gradient of a device copy is the incoming gradient copied back to the source device.
+TO_DEVICE = Op("to_device", infer=_to_device_infer, impl=_to_device_impl,
+               vjp=lambda ctx, g: (to_device(g, ctx.attrs["src"]),),
+               jvp=lambda ctx, t: to_device(t, ctx.attrs["device"]), save_inputs=False, linear=True)
+
+
 def to_device(x: Tensor, device: Any) -> Tensor:
-    """Copy ``x`` to another device."""
-    from ..errors import DeviceError
+    """A copy of ``x`` on ``device``, or ``x`` itself when it is already there.
+
+    Differentiable: when ``x`` requires grad the copy does too, and its backward moves the gradient back
+    to ``x``'s device. ``ops.apply`` gives an op's result the device of its first input, so this op is
+    recorded here instead, exactly as ``apply`` records one (a tape ``Node``, and the tangent in forward
+    mode). Moving tensors inside ``ember.jit``/symbolic graphs is not supported: move inputs and the
+    model before calling the compiled function.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"to_device: expected a Tensor, got {type(x).__name__}")
     dev = _device(device)
-    if dev == x.device:
+    src = x.device
+    if dev is src or dev == src:
         return x
-    src, dst = get_backend(x.device), get_backend(dev)
-    if x.requires_grad:
-        raise DeviceError(f"to: moving a tensor that requires grad from {x.device} to {dev} is not supported yet")
-    return _make(dst.asarray(src.to_numpy(x.data)), x.dtype, dev)
+    if STATE.tracer is not None or (SYMBOLIC[0] is not None and _is_symbolic(x)):
+        raise TraceError(f"to_device: moving a tensor from {src} to {dev} inside a traced function is not "
+                         "supported; move the inputs and the model to the device before calling it")
+    attrs = {"device": dev, "src": src}
+    out = _make(_to_device_impl(None, x.data, **attrs), x.dtype, dev)
+    if x.requires_grad and STATE.grad_enabled:
+        out.requires_grad = True
+        out.grad_fn = Node(TO_DEVICE, (x,), attrs, out)
+    if STATE.forward_ad and x._tangent is not None:
+        out._tangent = to_device(x._tangent, dev).detach()
+    return out
+
+
+def _is_symbolic(x: Tensor) -> bool:
+    from ..graph.symbolic import SymbolicArray
+    return type(x.data) is SymbolicArray

@@ -31,7 +31,7 @@ import numpy as np
 from .. import dtypes as _dt
 from ..autograd import STATE
 from ..errors import AutogradError, DTypeError, EmberIndexError, ShapeError
-from ..tensor import Tensor, _concrete, _make
+from ..tensor import Tensor, _concrete, _make, _writeable
 from ._shape import broadcast_shapes
 from .registry import Op, apply
 
@@ -530,7 +530,7 @@ def setitem(x: Tensor, key: Any, value: Any) -> None:
         v = reshape(v, vshape)
     recording = STATE.grad_enabled and (x.requires_grad or v.requires_grad)
     if not recording and STATE.tracer is None:
-        if not x.data.flags.writeable:
+        if not _writeable(x.data):
             raise AutogradError(f"setitem: the tensor of shape {x.shape} is read-only (an expanded/broadcast "
                                 "view); .clone() it first")
         x.data[plan.np_key] = v.data

@@ -4,10 +4,19 @@ Each draw is an op with no tensor inputs whose ``generator`` attribute is the
 source of randomness, so a traced program can make the generator state an input
 and draw fresh numbers on every replay. Streams are PCG64 (NumPy), reproducible
 across runs and platforms for a given seed.
+
+Draws for a GPU tensor are made on that GPU, from a stream of the device's array
+library (CuPy's ``cupy.random.default_rng``, XORWOW) that the generator keeps per
+device and seeds with its own seed. They are reproducible for a seed on that
+device, but they are not the numbers the CPU stream gives for the same seed (as in
+PyTorch, where CPU and CUDA generators differ too); ``get_state``/``set_state``
+carry the CPU stream only, and ``set_state``/``manual_seed`` restart the device
+streams from the seed.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -15,7 +24,7 @@ import numpy as np
 from .. import dtypes as _dt
 from ..device import to_device
 from ..errors import DTypeError, ShapeError
-from ..tensor import Tensor
+from ..tensor import Tensor, _make
 from ._shape import check_shape_arg
 from .registry import Op, apply
 
@@ -33,7 +42,20 @@ class Generator:
             raise TypeError(f"manual_seed: seed must be an int, got {type(seed).__name__}")
         self._seed = int(seed)
         self.rng = np.random.Generator(np.random.PCG64(self._seed % (1 << 64) if self._seed < 0 else self._seed))
+        self._device_rngs: dict[Any, Any] = {}
         return self
+
+    def stream(self, device: Any, xp: Any) -> Any:
+        """The random stream that draws for ``device``: ``self.rng`` on the CPU, else a ``Generator`` of the
+        device's array namespace ``xp`` seeded with this generator's seed (made on first use; draw from it
+        with the device current, inside ``_on(device)``)."""
+        if device.type == "cpu":
+            return self.rng
+        rng = self._device_rngs.get(device)
+        if rng is None:
+            with _on(device):  # CuPy allocates the stream's state on the current device
+                rng = self._device_rngs[device] = xp.random.default_rng(self._seed % (1 << 64))
+        return rng
 
     def initial_seed(self) -> int:
         return self._seed
@@ -45,6 +67,15 @@ class Generator:
     def set_state(self, state: dict) -> None:
         self._seed = state["seed"]
         self.rng.bit_generator.state = state["bit_generator"]
+        self._device_rngs = {}
+
+
+def _on(device: Any) -> Any:
+    """A context that makes ``device`` the current GPU (nothing on the CPU)."""
+    if device.type == "cpu":
+        return contextlib.nullcontext()
+    from ..device import get_backend
+    return get_backend(device).activate()
 
 
 default_generator = Generator(seed=0)
@@ -74,19 +105,30 @@ def _infer(shape: tuple, dtype: _dt.DType, **_: Any) -> tuple:
     return shape, dtype
 
 
+# The kernels draw from the stream of the output's device (``xp`` is its array namespace); the calls are
+# the same on NumPy's and CuPy's ``Generator``.
 def _uniform(xp: Any, shape: tuple, dtype: _dt.DType, low: float, high: float, generator: Generator,
              device: Any) -> Any:
-    return generator.rng.uniform(low, high, size=shape).astype(dtype.np)
+    if device.type == "cpu":
+        return generator.rng.uniform(low, high, size=shape).astype(dtype.np)
+    with _on(device):
+        return generator.stream(device, xp).uniform(low, high, size=shape).astype(dtype.np)
 
 
 def _normal(xp: Any, shape: tuple, dtype: _dt.DType, mean: float, std: float, generator: Generator,
             device: Any) -> Any:
-    return (generator.rng.standard_normal(size=shape) * std + mean).astype(dtype.np)
+    if device.type == "cpu":
+        return (generator.rng.standard_normal(size=shape) * std + mean).astype(dtype.np)
+    with _on(device):
+        return (generator.stream(device, xp).standard_normal(size=shape) * std + mean).astype(dtype.np)
 
 
 def _randint(xp: Any, shape: tuple, dtype: _dt.DType, low: int, high: int, generator: Generator,
              device: Any) -> Any:
-    return generator.rng.integers(low, high, size=shape).astype(dtype.np)
+    if device.type == "cpu":
+        return generator.rng.integers(low, high, size=shape).astype(dtype.np)
+    with _on(device):
+        return generator.stream(device, xp).integers(low, high, size=shape).astype(dtype.np)
 
 
 UNIFORM = Op("uniform", infer=_infer, impl=_uniform)
@@ -188,4 +230,13 @@ def randperm(n: int, dtype: Any = None, device: Any = None, generator: Generator
     if generator is not None and not isinstance(generator, Generator):
         raise TypeError(f"randperm: generator must be an ember.Generator, got {type(generator).__name__}")
     gen = generator if generator is not None else default_generator
-    return tensor(gen.rng.permutation(n), dtype=dtype or _dt.int64, device=device)
+    dev = to_device(device)
+    if dev.type == "cpu":
+        return tensor(gen.rng.permutation(n), dtype=dtype or _dt.int64, device=device)
+    # On a GPU: the order of n uniform draws (CuPy's Generator has no permutation), made on the device.
+    from ..device import get_backend
+    xp = get_backend(dev).xp
+    d = _dt.to_dtype(dtype) if dtype is not None else _dt.int64
+    with _on(dev):
+        perm = xp.argsort(gen.stream(dev, xp).random(n)) if n else xp.zeros(0, dtype=np.int64)
+    return _make(perm.astype(d.np, copy=False), d, dev)

@@ -140,10 +140,13 @@ def segment_sum(x: Tensor, offsets: Any, segment_ids: Any = None) -> Tensor:
     off = offsets.data
     if off.ndim != 1:
         raise ShapeError(f"segment_sum: offsets must be 1-D, got shape {offsets.shape}")
-    if off.size and (int(off[0]) != 0 or int(off[-1]) > n or bool(np.any(off[1:] < off[:-1]))):
+    if off.size and (int(off[0]) != 0 or int(off[-1]) > n or bool((off[1:] < off[:-1]).any())):
         raise ShapeError(f"segment_sum: offsets must start at 0, be non-decreasing and not exceed the {n} rows "
                          f"of the input; got {off.tolist() if off.size <= 10 else off}")
     if segment_ids is None:
+        if x.device.type != "cpu":  # worked out on the host (``_tensor`` copies the result over)
+            from ..device import get_backend
+            off = get_backend(x.device).to_numpy(off)
         ids = np.repeat(np.arange(off.size, dtype=np.int64), np.diff(off, append=n)) if off.size else \
             np.zeros(0, np.int64)
         if ids.size != n:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..autograd import STATE, enable_grad, no_grad
-from ..device import CPU
+from ..device import CPU, get_backend
 from ..dtypes import float32, float64, get_default_dtype
 from ..errors import DTypeError, ShapeError, TraceError
 from ..tensor import Tensor, _make
@@ -339,7 +339,10 @@ class Optimizer:
         cache = self.__dict__.setdefault("_traced_lr", {})
         lr_t = cache.get(index)
         if lr_t is None or lr_t.dtype is not first.dtype:
-            lr_t = cache[index] = _make(np.array(group["lr"], dtype=first.dtype.np), first.dtype, first.device)
+            lr = np.array(group["lr"], dtype=first.dtype.np)
+            if first.device.type != "cpu":
+                lr = get_backend(first.device).asarray(lr)
+            lr_t = cache[index] = _make(lr, first.dtype, first.device)
         else:
             lr_t.data[...] = group["lr"]
 

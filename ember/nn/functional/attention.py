@@ -51,19 +51,32 @@ def _device(device: Any) -> Any:
     return CPU if device is None else to_device(device)
 
 
+def _constant(arr: np.ndarray, dtype: Any, device: Any) -> Tensor:
+    """A cached host constant as a tensor on ``device``: shared on the CPU, a fresh copy on a GPU."""
+    if device.type != "cpu":
+        from ...device import get_backend
+        arr = get_backend(device).asarray(arr)
+    return _make(arr, dtype, device)
+
+
 def causal_mask(length: int, source: int, device: Any = None) -> Tensor:
     """The ``(length, source)`` bool mask that is True where query i may attend to key j (j <= i)."""
-    return _make(_causal_np(length, source), _dt.bool_, _device(device))
+    return _constant(_causal_np(length, source), _dt.bool_, _device(device))
 
 
 def causal_bias(length: int, source: int, dtype: Any, device: Any = None) -> Tensor:
     """The additive form of ``causal_mask``: 0 where query i may attend to key j, ``-inf`` elsewhere."""
-    return _make(_causal_bias_np(length, source, dtype.np), dtype, _device(device))
+    return _constant(_causal_bias_np(length, source, dtype.np), dtype, _device(device))
 
 
 def bool_bias(mask: Tensor, dtype: Any) -> Tensor:
     """0 where ``mask`` is True, ``-inf`` where it is False (a constant: masks carry no gradient)."""
-    data = np.where(mask.data, np.array(0, dtype.np), np.array(-np.inf, dtype.np))
+    if mask.device.type == "cpu":
+        data = np.where(mask.data, np.array(0, dtype.np), np.array(-np.inf, dtype.np))
+    else:
+        from ...device import get_backend
+        xp = get_backend(mask.device).xp
+        data = xp.where(mask.data, xp.zeros((), dtype.np), xp.full((), -np.inf, dtype.np))
     return _make(data, dtype, mask.device)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ... import dtypes as _dt
 from ...autograd import STATE, no_grad
-from ...errors import DTypeError, EmberIndexError, ShapeError, TraceError
+from ...errors import DeviceError, DTypeError, EmberIndexError, ShapeError, TraceError
 from ...ops import movement as _mov
 from ...ops import reduce as _red
 from ...ops.creation import tensor as _tensor
@@ -79,18 +79,39 @@ def _padding(name: str, padding_idx: Any, num: int) -> int | None:
     return int(padding_idx) % num
 
 
-def _sparse_wanted(weight: Tensor, sparse: bool) -> bool:
-    return (sparse and weight.requires_grad and STATE.grad_enabled and STATE.tracer is None
-            and not (STATE.forward_ad and weight._tangent is not None))
+def _sparse_wanted(name: str, weight: Tensor, sparse: bool) -> bool:
+    wanted = (sparse and weight.requires_grad and STATE.grad_enabled and STATE.tracer is None
+              and not (STATE.forward_ad and weight._tangent is not None))
+    if wanted and weight.device.type != "cpu":
+        raise DeviceError(f"{name}: sparse=True (row-sparse gradients) is supported for weights on the CPU only, "
+                          f"and this weight is on {weight.device}; use sparse=False there")
+    return wanted
 
 
-def _renorm(weight: Tensor, ids: np.ndarray, max_norm: float, norm_type: float) -> None:
+def _to(arr: np.ndarray, device: Any) -> Any:
+    """A host array as the data of a tensor on ``device``: itself on the CPU, a copy on a GPU."""
+    if device.type == "cpu":
+        return arr
+    from ...device import get_backend
+    return get_backend(device).asarray(arr)
+
+
+def _xp(t: Tensor) -> Any:
+    """The array namespace of a tensor's device (NumPy on the CPU)."""
+    if t.device.type == "cpu":
+        return np
+    from ...device import get_backend
+    return get_backend(t.device).xp
+
+
+def _renorm(weight: Tensor, ids: Any, max_norm: float, norm_type: float) -> None:
     """Scale the looked-up rows whose norm exceeds ``max_norm`` down to it, in place (as PyTorch does)."""
-    rows = np.unique(ids)
+    xp = _xp(weight)
+    rows = xp.unique(ids)
     if rows.size == 0:
         return
     w = weight.data
-    norms = np.linalg.norm(w[rows].astype(np.float64), ord=norm_type, axis=1)
+    norms = xp.linalg.norm(w[rows].astype(np.float64), ord=norm_type, axis=1)
     big = norms > max_norm
     if big.any():
         sel = rows[big]
@@ -151,10 +172,11 @@ def _sparse_rows(weight: Tensor, ids: np.ndarray, padding_idx: int | None, scale
     return apply(_mov.RESHAPE, rows, shape=rows.shape if shape is None else shape)
 
 
-def _freq_scale(out: Tensor, ids: np.ndarray) -> Tensor:
-    """``out`` unchanged, with its gradient divided by how often each row's index occurs in ``ids``."""
+def _freq_scale(out: Tensor, ids: Any) -> Tensor:
+    """``out`` unchanged, with its gradient divided by how often each row's index occurs in ``ids`` (an
+    array on ``out``'s device)."""
     flat = ids.reshape(-1)
-    _, inv, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    _, inv, counts = _xp(out).unique(flat, return_inverse=True, return_counts=True)
     scale = (1.0 / counts[inv]).astype(out.dtype.np).reshape(ids.shape + (1,) * (out.ndim - ids.ndim))
     s = _make(scale, out.dtype, out.device)
     frozen = out.detach()
@@ -175,7 +197,7 @@ def _embedding(name: str, input: Any, weight: Tensor, padding_idx: int | None, m
         _check_range(name, ids.data, num, ids.shape)
         if max_norm is not None:
             _renorm(weight, ids.data.reshape(-1), max_norm, norm_type)
-    if _sparse_wanted(weight, sparse):
+    if _sparse_wanted(name, weight, sparse):
         flat = np.ascontiguousarray(ids.data.reshape(-1), dtype=np.int64)
         return _sparse_rows(weight, flat, pad, scale_grad_by_freq, ids.shape + (dim,))
     flat = ids if ids.ndim == 1 else _mov.reshape(ids, (ids.numel(),))
@@ -184,7 +206,7 @@ def _embedding(name: str, input: Any, weight: Tensor, padding_idx: int | None, m
         out = _mov.reshape(out, ids.shape + (dim,))
     if not (out.requires_grad and STATE.grad_enabled):
         return out
-    if pad is not None and (not concrete or bool(np.any(ids.data == pad))):
+    if pad is not None and (not concrete or bool((ids.data == pad).any())):
         keep = _mov.unsqueeze(ids != pad, -1)
         out = where(keep, out, out.detach())  # the padding row's value, without its gradient
     if scale_grad_by_freq and concrete:
@@ -256,6 +278,10 @@ def _embedding_bag(name: str, input: Any, weight: Tensor, offsets: Any, max_norm
     if STATE.tracer is not None:
         return _traced_bags(name, ids, weight, offsets, max_norm, mode, per_sample_weights, padding_idx,
                             scale_grad_by_freq)
+    dev = weight.device
+    if dev.type != "cpu":  # the bags' structure is worked out on the host; the lookups run on the device
+        ids = ids.cpu()
+        offsets = offsets.cpu() if isinstance(offsets, Tensor) else offsets
     pad = _padding(name, padding_idx, num)
     flat, off = _bags(name, ids, offsets, include_last_offset)
     n_used = flat.shape[0]
@@ -275,7 +301,7 @@ def _embedding_bag(name: str, input: Any, weight: Tensor, offsets: Any, max_norm
         if n_used != ids.numel():
             psw = psw[:n_used]
     if max_norm is not None:
-        _renorm(weight, flat, max_norm, norm_type)
+        _renorm(weight, _to(flat, dev), max_norm, norm_type)
     b = off.shape[0]
     # ``size``: the common bag size when every bag has the same (non-zero) size, else 0
     size = ids.shape[1] if ids.ndim == 2 and b else 0
@@ -297,12 +323,13 @@ def _embedding_bag(name: str, input: Any, weight: Tensor, offsets: Any, max_norm
         if b and int(lengths[0]) > 0 and bool(np.all(lengths == lengths[0])):
             size = int(lengths[0])
     flat = np.ascontiguousarray(flat, dtype=np.int64)
-    if _sparse_wanted(weight, sparse):
+    if _sparse_wanted(name, weight, sparse):
         rows = _sparse_rows(weight, flat, pad, scale_grad_by_freq)
     else:
-        rows = embed_rows(weight, _make(flat, _dt.int64, weight.device))
+        flat_t = _make(_to(flat, dev), _dt.int64, dev)
+        rows = embed_rows(weight, flat_t)
         if scale_grad_by_freq and rows.requires_grad and STATE.grad_enabled:
-            rows = _freq_scale(rows, flat)
+            rows = _freq_scale(rows, flat_t.data)
     if psw is not None:
         rows = rows * _mov.unsqueeze(psw.to(rows.dtype), 1)
     if size:
@@ -317,11 +344,11 @@ def _embedding_bag(name: str, input: Any, weight: Tensor, offsets: Any, max_norm
         lengths = np.diff(off, append=n_used)
     if mode == "max":
         return _bag_max(rows, off, lengths, b, dim)
-    out = segment_sum(rows, _make(off, _dt.int64, weight.device),
-                      _make(np.repeat(np.arange(b, dtype=np.int64), lengths), _dt.int64, weight.device))
+    out = segment_sum(rows, _make(_to(off, dev), _dt.int64, dev),
+                      _make(_to(np.repeat(np.arange(b, dtype=np.int64), lengths), dev), _dt.int64, dev))
     if mode == "mean":
         inv = (1.0 / np.maximum(lengths, 1)).astype(out.dtype.np)[:, None]
-        out = out * _make(inv, out.dtype, out.device)
+        out = out * _make(_to(inv, dev), out.dtype, dev)
     return out
 
 
@@ -354,11 +381,11 @@ def _bag_max(rows: Tensor, off: np.ndarray, lengths: np.ndarray, b: int, dim: in
     slot = np.arange(bag.size, dtype=np.int64) - np.repeat(off, lengths)
     with no_grad():
         base = full((b * width, dim), float("-inf"), dtype=rows.dtype, device=rows.device)
-    padded = _mov.index_copy(base, 0, _make(bag * width + slot, _dt.int64, rows.device), rows)
+    padded = _mov.index_copy(base, 0, _make(_to(bag * width + slot, rows.device), _dt.int64, rows.device), rows)
     out = _red.amax(_mov.reshape(padded, (b, width, dim)), 1)
     empty = lengths == 0
     if empty.any():  # an empty bag gives zeros, as in PyTorch
-        out = where(_make(~empty[:, None], _dt.bool_, rows.device), out, 0.0)
+        out = where(_make(_to(~empty[:, None], rows.device), _dt.bool_, rows.device), out, 0.0)
     return out
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
 from ...autograd import STATE
 from ...errors import DTypeError, EmberIndexError, ShapeError
 from ...ops import pointwise as _pw
@@ -155,7 +153,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
     _pair(name, input, target, reduction)
     _check_weight(name, "weight", weight, input.shape, input.dtype)
     if STATE.tracer is None and input.numel():
-        lo, hi = float(np.min(input.data)), float(np.max(input.data))
+        lo, hi = float(input.data.min()), float(input.data.max())  # methods: NumPy's or CuPy's
         if lo < 0.0 or hi > 1.0 or lo != lo or hi != hi:
             raise ValueError(f"{name}: all elements of input must be between 0 and 1 (probabilities), got values "
                              f"in [{lo:g}, {hi:g}]; for logits use binary_cross_entropy_with_logits")
