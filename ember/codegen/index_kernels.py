@@ -35,7 +35,7 @@ import ctypes
 import os
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,7 @@ __all__ = ["argext", "col2im", "enabled", "gather", "im2col", "index_add", "libr
 
 _ENABLED = [os.environ.get("EMBER_INDEX_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")]
 _DATA = {np.dtype(np.float32): ("float", "f32"), np.dtype(np.float64): ("double", "f64")}
+_LANES = {"float": ("int32_t", 8), "double": ("int64_t", 4)}  # 32-byte vectors: lane integer type, lanes
 _INDEX = {np.dtype(np.int32): ("int32_t", "i32"), np.dtype(np.int64): ("int64_t", "i64")}
 _PARALLEL_MIN = 1 << 15  # element-passes below which a call stays on one thread (OpenMP start-up costs ~µs)
 
@@ -65,6 +66,9 @@ _COMMON = r"""
 #define EK_TID() 0
 #endif
 #define EK_PAR_MIN PARALLEL_MIN
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define EK_VECTOR 1  /* __builtin_shufflevector on 32-byte vector types */
+#endif
 
 static inline int64_t ek_ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
 
@@ -211,27 +215,80 @@ static inline __attribute__((always_inline)) void ek_pool_tiles_@S@(
         }
 }
 
-/* ek_pool_tiles for 2x2 windows on contiguous rows, written out so that the loop over windows vectorizes */
+/* One 2x2 window's backward: its gradient to the first of a, b, c, e (row-major) equal to the max m, or to
+   the first NaN when m is NaN. Bitwise, not short-circuit: no branches to mispredict. */
+#define EK_TILE2(T, d0, d1, a, b, c, e, m, gv) do { \
+        const int nan_ = (m) != (m); \
+        const int ea_ = ((a) == (m)) | (((a) != (a)) & nan_), eb_ = ((b) == (m)) | (((b) != (b)) & nan_); \
+        const int ec_ = ((c) == (m)) | (((c) != (c)) & nan_), ee_ = ((e) == (m)) | (((e) != (e)) & nan_); \
+        (d0)[0] = ea_ ? (gv) : (T)0; \
+        (d0)[1] = eb_ & !ea_ ? (gv) : (T)0; \
+        (d1)[0] = ec_ & !(ea_ | eb_) ? (gv) : (T)0; \
+        (d1)[1] = ee_ & !(ea_ | eb_ | ec_) ? (gv) : (T)0; \
+    } while (0)
+
+#ifdef EK_VECTOR
+typedef @T@ ek_vec_@S@ __attribute__((vector_size(32)));
+typedef @IV@ ek_ivec_@S@ __attribute__((vector_size(32)));
+
+/* EK_TILE2 on @L@ windows side by side: two contiguous loads per row split into even and odd columns by
+   shuffles, compared as vectors, the four results interleaved back. */
+static inline void ek_tile2_vec_@S@(@T@ *d0, @T@ *d1, const @T@ *x0, const @T@ *x1, const @T@ *orow,
+                                   const @T@ *grow) {
+    ek_vec_@S@ m, gv, p0, p1, q0, q1;
+    __builtin_memcpy(&m, orow, 32);
+    __builtin_memcpy(&gv, grow, 32);
+    __builtin_memcpy(&p0, x0, 32);
+    __builtin_memcpy(&p1, x0 + @L@, 32);
+    __builtin_memcpy(&q0, x1, 32);
+    __builtin_memcpy(&q1, x1 + @L@, 32);
+    const ek_vec_@S@ a = __builtin_shufflevector(p0, p1, @EVEN@), b = __builtin_shufflevector(p0, p1, @ODD@);
+    const ek_vec_@S@ c = __builtin_shufflevector(q0, q1, @EVEN@), e = __builtin_shufflevector(q0, q1, @ODD@);
+    const ek_ivec_@S@ nan = (ek_ivec_@S@)(m != m);
+    const ek_ivec_@S@ ea = (ek_ivec_@S@)(a == m) | ((ek_ivec_@S@)(a != a) & nan);
+    const ek_ivec_@S@ eb = (ek_ivec_@S@)(b == m) | ((ek_ivec_@S@)(b != b) & nan);
+    const ek_ivec_@S@ ec = (ek_ivec_@S@)(c == m) | ((ek_ivec_@S@)(c != c) & nan);
+    const ek_ivec_@S@ ee = (ek_ivec_@S@)(e == m) | ((ek_ivec_@S@)(e != e) & nan);
+    const ek_ivec_@S@ g = (ek_ivec_@S@)gv;
+    const ek_ivec_@S@ ra = g & ea, rb = g & eb & ~ea, rc = g & ec & ~(ea | eb), re = g & ee & ~(ea | eb | ec);
+    const ek_ivec_@S@ o0 = __builtin_shufflevector(ra, rb, @LO@), o1 = __builtin_shufflevector(ra, rb, @HI@);
+    const ek_ivec_@S@ o2 = __builtin_shufflevector(rc, re, @LO@), o3 = __builtin_shufflevector(rc, re, @HI@);
+    __builtin_memcpy(d0, &o0, 32);
+    __builtin_memcpy(d0 + @L@, &o1, 32);
+    __builtin_memcpy(d1, &o2, 32);
+    __builtin_memcpy(d1 + @L@, &o3, 32);
+}
+#endif
+
+/* ek_pool_tiles for 2x2 windows on contiguous rows: @L@ windows at a time where the compiler has
+   __builtin_shufflevector (3x faster than the compiler's own vectorization of the strided loop, which gathers);
+   a row's last windows go through zero-padded copies (scalar code for them measured slower). */
 static void ek_pool_tiles2_@S@(@T@ *restrict dst, const @T@ *restrict xs, const @T@ *restrict os,
                               const @T@ *restrict gs, int64_t oh, int64_t ow, int64_t w, int64_t xh, int64_t oh_s,
                               int64_t gh) {
     for (int64_t oy = 0; oy < oh; oy++) {
         const @T@ *x0 = xs + 2 * oy * xh, *x1 = x0 + xh, *orow = os + oy * oh_s, *grow = gs + oy * gh;
         @T@ *d0 = dst + 2 * oy * w, *d1 = d0 + w;
-        #pragma omp simd
-        for (int64_t ox = 0; ox < ow; ox++) {
-            const @T@ m = orow[ox], gv = grow[ox];
-            const @T@ a = x0[2 * ox], b = x0[2 * ox + 1], c = x1[2 * ox], e = x1[2 * ox + 1];
-            const int nan = m != m;
-            const int ha = a == m || (a != a && nan);
-            const int hb = !ha && (b == m || (b != b && nan));
-            const int hc = !ha && !hb && (c == m || (c != c && nan));
-            const int he = !ha && !hb && !hc && (e == m || (e != e && nan));
-            d0[2 * ox] = ha ? gv : (@T@)0;
-            d0[2 * ox + 1] = hb ? gv : (@T@)0;
-            d1[2 * ox] = hc ? gv : (@T@)0;
-            d1[2 * ox + 1] = he ? gv : (@T@)0;
+        int64_t ox = 0;
+#ifdef EK_VECTOR
+        for (; ox + @L@ <= ow; ox += @L@)
+            ek_tile2_vec_@S@(d0 + 2 * ox, d1 + 2 * ox, x0 + 2 * ox, x1 + 2 * ox, orow + ox, grow + ox);
+        if (ox < ow) {  /* the last windows through zero-padded copies */
+            const int64_t r = ow - ox;
+            @T@ b[10 * @L@] = {0};  /* x0, x1, max, grad, d0, d1 */
+            memcpy(b, x0 + 2 * ox, (size_t)(2 * r) * sizeof(@T@));
+            memcpy(b + 2 * @L@, x1 + 2 * ox, (size_t)(2 * r) * sizeof(@T@));
+            memcpy(b + 4 * @L@, orow + ox, (size_t)r * sizeof(@T@));
+            memcpy(b + 5 * @L@, grow + ox, (size_t)r * sizeof(@T@));
+            ek_tile2_vec_@S@(b + 6 * @L@, b + 8 * @L@, b, b + 2 * @L@, b + 4 * @L@, b + 5 * @L@);
+            memcpy(d0 + 2 * ox, b + 6 * @L@, (size_t)(2 * r) * sizeof(@T@));
+            memcpy(d1 + 2 * ox, b + 8 * @L@, (size_t)(2 * r) * sizeof(@T@));
         }
+#else
+        for (; ox < ow; ox++)
+            EK_TILE2(@T@, d0 + 2 * ox, d1 + 2 * ox, x0[2 * ox], x0[2 * ox + 1], x1[2 * ox], x1[2 * ox + 1],
+                     orow[ox], grow[ox]);
+#endif
     }
 }
 
@@ -588,11 +645,25 @@ int64_t ek_segment_sum_@S@_@J@(@T@ *restrict out, const @T@ *restrict x, const @
 """
 
 
+def _shuffles(lanes: int) -> dict[str, str]:
+    """Shuffle indices over two vectors of ``lanes``: their even and odd lanes, and the two halves of an
+    interleave."""
+    def text(indices: Iterable[int]) -> str:
+        return ", ".join(map(str, indices))
+    return {"@EVEN@": text(range(0, 2 * lanes, 2)), "@ODD@": text(range(1, 2 * lanes, 2)),
+            "@LO@": text(i for k in range(lanes // 2) for i in (k, k + lanes)),
+            "@HI@": text(i for k in range(lanes // 2, lanes) for i in (k, k + lanes))}
+
+
 def source(dtype: Any) -> str:
     """The C translation unit of the kernels for float ``dtype`` (float32 or float64), both index types."""
     ctype, tag = _DATA[np.dtype(dtype)]
+    itype_v, lanes = _LANES[ctype]
+    per_data = _PER_DATA
+    for key, value in (("@IV@", itype_v), ("@L@", str(lanes)), *_shuffles(lanes).items()):
+        per_data = per_data.replace(key, value)
     parts = [_COMMON.replace("PARALLEL_MIN", str(_PARALLEL_MIN)),
-             _PER_DATA.replace("@T@", ctype).replace("@S@", tag)]
+             per_data.replace("@T@", ctype).replace("@S@", tag)]
     for itype, itag in _INDEX.values():
         parts.append(_PER_INDEX.replace("@T@", ctype).replace("@S@", tag).replace("@I@", itype)
                      .replace("@J@", itag))

@@ -105,7 +105,9 @@ POOLS = [  # (N, C, H, W), kernel, stride, padding (t, b, l, r), dilation
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("geom", POOLS + [((2, 2, 9, 6), (3, 3), (3, 3), (0, 0, 0, 0), (1, 1)),
                                           ((2, 3, 11, 11), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),   # a row and
-                                          ((2, 2, 10, 11), (3, 3), (3, 3), (0, 0, 0, 0), (1, 1))])  # column left
+                                          ((2, 2, 10, 11), (3, 3), (3, 3), (0, 0, 0, 0), (1, 1)),   # column left
+                                          ((2, 3, 6, 38), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),    # 2x2 rows of
+                                          ((1, 2, 4, 32), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1))])   # whole vectors
 def test_max_pool_forward_and_backward_match_numpy(dtype, geom, strided):
     """Same values as the NumPy path: ties go to the first maximum, NaN is the maximum, -inf windows and
     windows into the padding work; x and g may be strided views."""
@@ -115,6 +117,7 @@ def test_max_pool_forward_and_backward_match_numpy(dtype, geom, strided):
     if x.size:
         x.flat[5] = np.nan
         x.flat[::11] = -np.inf
+        x.flat[-3] = np.nan
     if strided:
         x = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)  # strided in H and W
     oh, ow = linalg._geometry(shape, k, s, p, d)
