@@ -1,4 +1,5 @@
-"""The CUDA dialect: it renders every kernel of test_kernels, compiles with ``nvcc --ptx`` where nvcc exists,
+"""The CUDA dialect: it renders every kernel of test_kernels, compiles with ``nvcc --ptx`` where nvcc exists
+(and through NVRTC, run on the GPU, where CuPy and a GPU exist),
 and computes the right values when run on the CPU under a small emulation of CUDA (one warp of 32 lanes as
 32 threads, ``__shfl_xor_sync`` through a barrier), compiled as C++ by g++."""
 
@@ -122,3 +123,29 @@ def test_cuda_kernels_compute_correctly_under_emulation(emulated, name):
         else:  # CUDA's own expf/tanhf and a different summation order: a little more slack
             np.testing.assert_allclose(out, ref, rtol=max(rtol, 1e-5), atol=max(atol, 1e-6),
                                        err_msg=f"{name}: {o.name}")
+
+
+def _cuda_ready() -> bool:
+    import ember
+    return ember.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_ready(), reason="needs a GPU and CuPy (pip install 'ember[cuda]')")
+def test_cuda_kernels_compile_with_nvrtc_and_compute_correctly_on_the_gpu():
+    """The same kernels through NVRTC (CuPy's RawModule), launched with the renderer's configuration."""
+    import cupy
+
+    chosen = [CASES[n][0] for n in EMULATED]
+    src = render(chosen, "cuda")
+    module = cupy.RawModule(code=src.text)
+    for name in EMULATED:
+        kernel, inputs, expected, rtol, atol = CASES[name]
+        sym = src.symbols[kernel.name]
+        outs = [cupy.empty(o.shape, o.dtype.np) for o in kernel.outputs]
+        launch = src.launch[sym]
+        module.get_function(sym)((launch["grid"],), (launch["block"],), (*outs, *map(cupy.asarray, inputs)))
+        cupy.cuda.Device().synchronize()
+        for o, out, ref in zip(kernel.outputs, outs, expected):
+            np.testing.assert_allclose(cupy.asnumpy(out), np.asarray(ref).reshape(out.shape), rtol=max(rtol, 1e-5),
+                                       atol=max(atol, 1e-6), err_msg=f"{name}: {o.name}")
