@@ -11,12 +11,12 @@ from tests.distributed._mpi import ROOT, run_ranks
 
 # Shared by the rank scripts: known per-rank inputs and a comparison that names the check.
 PRELUDE = """
-import sys
 import numpy as np
 import ember
 import ember.distributed as dist
 from ember.device import Device
 from ember.tensor import _make
+from tests.distributed._rank_checks import ok, raises
 
 comm = dist.init()
 r, n = comm.rank, comm.size
@@ -32,18 +32,6 @@ def same(name, got, want, tol=0.0):
     assert np.allclose(got, want, rtol=tol, atol=tol) if tol else np.array_equal(got, want), \\
         f"{name}: {got} != {want}"
 
-def raises(name, exc, fn, *words):
-    try:
-        fn()
-    except exc as e:
-        for w in words:
-            assert w in str(e), f"{name}: {w!r} not in {e}"
-        return
-    raise AssertionError(f"{name}: {exc.__name__} not raised")
-
-def ok(name):
-    sys.stdout.write(f"<OK {name}>\\n")  # one write: lines of different ranks may interleave, not tear
-    sys.stdout.flush()
 """
 
 COLLECTIVES = PRELUDE + """

@@ -8,20 +8,16 @@ import pytest
 from tests.distributed._mpi import run_ranks
 
 SCRIPT = """
-import sys
 import numpy as np
 import ember
 import ember.distributed as dist
 from ember import nn
 from ember.data import DataLoader, DistributedSampler, TensorDataset
+from tests.distributed._rank_checks import ok
 
 comm = dist.init()
 r, n = comm.rank, comm.size
 DDP = dist.DistributedDataParallel
-
-def ok(name):
-    sys.stdout.write(f"<OK {name}>\\n")
-    sys.stdout.flush()
 
 class Net(nn.Module):
     def __init__(self, seed, extra=False):

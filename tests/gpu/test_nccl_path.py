@@ -7,28 +7,15 @@ real. That NCCL itself is driven right is for ``test_cuda_real.py`` on two GPUs.
 from tests.distributed._mpi import run_ranks
 
 SCRIPT = """
-import sys
 import numpy as np
 import ember
 import ember.distributed as dist
+from tests.distributed._rank_checks import ok, raises
 from tests.gpu._standin import FakeNccl, install
 
 install(setattr, nccl=FakeNccl)
 comm = dist.init()
 r, n = comm.rank, comm.size
-
-def ok(name):
-    sys.stdout.write(f"<OK {name}>\\n")
-    sys.stdout.flush()
-
-def raises(name, exc, fn, *words):
-    try:
-        fn()
-    except exc as e:
-        for w in words:
-            assert w in str(e), f"{name}: {w!r} not in {e}"
-        return
-    raise AssertionError(f"{name}: {exc.__name__} not raised")
 
 def gpu(a):
     return ember.tensor(np.asarray(a), device="cuda")
