@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .device import array_module
 from .errors import AutogradError, ShapeError
 
 if TYPE_CHECKING:
@@ -477,11 +478,7 @@ def _accumulate(leaf: Tensor, g: Tensor, create_graph: bool, handed_out: set[int
         return
     if not create_graph:
         data = g.data
-        if g.device.type == "cpu":
-            xp = np
-        else:  # the device's array namespace (CuPy arrays have no flags.writeable and refuse np.*)
-            from .device import get_backend
-            xp = get_backend(g.device).xp
+        xp = array_module(g.device)  # CuPy arrays have no flags.writeable and refuse np.*
         if (id(data) in handed_out or not getattr(data.flags, "writeable", True) or not data.flags.c_contiguous
                 or data.base is not None):
             data = xp.array(data, copy=True, order="C")
@@ -614,11 +611,7 @@ def gradcheck(fn: Callable, inputs: Sequence[Tensor], eps: float = 1e-6, atol: f
     ins = []
     for t in inputs:
         if isinstance(t, _T) and t.dtype.is_floating_point:
-            xp = np
-            if t.device.type != "cpu":
-                from .device import get_backend
-                xp = get_backend(t.device).xp
-            c = _make(xp.array(t.data, dtype=np.float64), float64, t.device)
+            c = _make(array_module(t.device).array(t.data, dtype=np.float64), float64, t.device)
             c.requires_grad = t.requires_grad
             ins.append(c)
         else:

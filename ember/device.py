@@ -77,4 +77,9 @@ def get_backend(device: Device) -> Any:
                       f"{', '.join(available_backends())} ({reason})")
 
 
+def array_module(device: Device) -> Any:
+    """The array namespace that holds ``device``'s data: NumPy on the CPU, CuPy on a GPU."""
+    return get_backend(device).xp
+
+
 device = Device  # ember.device("cpu"), like torch.device

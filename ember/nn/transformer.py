@@ -8,10 +8,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from ..autograd import no_grad
-from ..device import get_backend
+from ..device import array_module
 from ..errors import DTypeError, ShapeError
 from ..ops import movement as _mov
 from ..ops import pointwise as _pw
@@ -246,7 +244,7 @@ class GPT(Module):
             else:
                 logits = logits / temperature
                 if top_k is not None and top_k < logits.shape[-1]:
-                    xp = np if logits.device.type == "cpu" else get_backend(logits.device).xp
+                    xp = array_module(logits.device)
                     part = xp.partition(logits.data, logits.shape[-1] - top_k, axis=-1)
                     kth = part[:, -top_k:].min(-1, keepdims=True)
                     logits = _pw.where(logits < _make(kth, logits.dtype, logits.device), float("-inf"), logits)

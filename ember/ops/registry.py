@@ -183,8 +183,8 @@ _XP: dict[Any, Any] = {}
 def _xp(device: Any) -> Any:
     xp = _XP.get(device)
     if xp is None:
-        from ..device import get_backend
-        xp = _XP[device] = get_backend(device).xp
+        from ..device import array_module
+        xp = _XP[device] = array_module(device)
     return xp
 
 

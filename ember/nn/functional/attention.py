@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ... import dtypes as _dt
+from ...device import array_module, get_backend
 from ...errors import DTypeError, ShapeError
 from ...ops import pointwise as _pw
 from ...ops import reduce as _red
@@ -53,10 +54,7 @@ def _device(device: Any) -> Any:
 
 def _constant(arr: np.ndarray, dtype: Any, device: Any) -> Tensor:
     """A cached host constant as a tensor on ``device``: shared on the CPU, a fresh copy on a GPU."""
-    if device.type != "cpu":
-        from ...device import get_backend
-        arr = get_backend(device).asarray(arr)
-    return _make(arr, dtype, device)
+    return _make(get_backend(device).asarray(arr), dtype, device)
 
 
 def causal_mask(length: int, source: int, device: Any = None) -> Tensor:
@@ -71,12 +69,8 @@ def causal_bias(length: int, source: int, dtype: Any, device: Any = None) -> Ten
 
 def bool_bias(mask: Tensor, dtype: Any) -> Tensor:
     """0 where ``mask`` is True, ``-inf`` where it is False (a constant: masks carry no gradient)."""
-    if mask.device.type == "cpu":
-        data = np.where(mask.data, np.array(0, dtype.np), np.array(-np.inf, dtype.np))
-    else:
-        from ...device import get_backend
-        xp = get_backend(mask.device).xp
-        data = xp.where(mask.data, xp.zeros((), dtype.np), xp.full((), -np.inf, dtype.np))
+    xp = array_module(mask.device)
+    data = xp.where(mask.data, xp.zeros((), dtype.np), xp.full((), -np.inf, dtype.np))
     return _make(data, dtype, mask.device)
 
 

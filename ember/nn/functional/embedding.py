@@ -22,6 +22,7 @@ import numpy as np
 
 from ... import dtypes as _dt
 from ...autograd import STATE, no_grad
+from ...device import array_module, get_backend
 from ...errors import DeviceError, DTypeError, EmberIndexError, ShapeError, TraceError
 from ...ops import movement as _mov
 from ...ops import reduce as _red
@@ -90,23 +91,12 @@ def _sparse_wanted(name: str, weight: Tensor, sparse: bool) -> bool:
 
 def _to(arr: np.ndarray, device: Any) -> Any:
     """A host array as the data of a tensor on ``device``: itself on the CPU, a copy on a GPU."""
-    if device.type == "cpu":
-        return arr
-    from ...device import get_backend
     return get_backend(device).asarray(arr)
-
-
-def _xp(t: Tensor) -> Any:
-    """The array namespace of a tensor's device (NumPy on the CPU)."""
-    if t.device.type == "cpu":
-        return np
-    from ...device import get_backend
-    return get_backend(t.device).xp
 
 
 def _renorm(weight: Tensor, ids: Any, max_norm: float, norm_type: float) -> None:
     """Scale the looked-up rows whose norm exceeds ``max_norm`` down to it, in place (as PyTorch does)."""
-    xp = _xp(weight)
+    xp = array_module(weight.device)
     rows = xp.unique(ids)
     if rows.size == 0:
         return
@@ -176,7 +166,7 @@ def _freq_scale(out: Tensor, ids: Any) -> Tensor:
     """``out`` unchanged, with its gradient divided by how often each row's index occurs in ``ids`` (an
     array on ``out``'s device)."""
     flat = ids.reshape(-1)
-    _, inv, counts = _xp(out).unique(flat, return_inverse=True, return_counts=True)
+    _, inv, counts = array_module(out.device).unique(flat, return_inverse=True, return_counts=True)
     scale = (1.0 / counts[inv]).astype(out.dtype.np).reshape(ids.shape + (1,) * (out.ndim - ids.ndim))
     s = _make(scale, out.dtype, out.device)
     frozen = out.detach()
