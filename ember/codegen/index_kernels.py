@@ -66,8 +66,8 @@ _COMMON = r"""
 #define EK_TID() 0
 #endif
 #define EK_PAR_MIN PARALLEL_MIN
-#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
-#define EK_VECTOR 1  /* __builtin_shufflevector on 32-byte vector types */
+#if !defined(EK_NO_VECTOR) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
+#define EK_VECTOR 1  /* __builtin_shufflevector on 32-byte vector types (EK_NO_VECTOR: scalar code, for tests) */
 #endif
 
 static inline int64_t ek_ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
@@ -215,24 +215,12 @@ static inline __attribute__((always_inline)) void ek_pool_tiles_@S@(
         }
 }
 
-/* One 2x2 window's backward: its gradient to the first of a, b, c, e (row-major) equal to the max m, or to
-   the first NaN when m is NaN. Bitwise, not short-circuit: no branches to mispredict. */
-#define EK_TILE2(T, d0, d1, a, b, c, e, m, gv) do { \
-        const int nan_ = (m) != (m); \
-        const int ea_ = ((a) == (m)) | (((a) != (a)) & nan_), eb_ = ((b) == (m)) | (((b) != (b)) & nan_); \
-        const int ec_ = ((c) == (m)) | (((c) != (c)) & nan_), ee_ = ((e) == (m)) | (((e) != (e)) & nan_); \
-        (d0)[0] = ea_ ? (gv) : (T)0; \
-        (d0)[1] = eb_ & !ea_ ? (gv) : (T)0; \
-        (d1)[0] = ec_ & !(ea_ | eb_) ? (gv) : (T)0; \
-        (d1)[1] = ee_ & !(ea_ | eb_ | ec_) ? (gv) : (T)0; \
-    } while (0)
-
 #ifdef EK_VECTOR
 typedef @T@ ek_vec_@S@ __attribute__((vector_size(32)));
 typedef @IV@ ek_ivec_@S@ __attribute__((vector_size(32)));
 
-/* EK_TILE2 on @L@ windows side by side: two contiguous loads per row split into even and odd columns by
-   shuffles, compared as vectors, the four results interleaved back. */
+/* The 2x2 window rule of ek_pool_tiles2 (below) on @L@ windows side by side: two contiguous loads per row
+   split into even and odd columns by shuffles, compared as vectors, the four results interleaved back. */
 static inline void ek_tile2_vec_@S@(@T@ *d0, @T@ *d1, const @T@ *x0, const @T@ *x1, const @T@ *orow,
                                    const @T@ *grow) {
     ek_vec_@S@ m, gv, p0, p1, q0, q1;
@@ -285,9 +273,19 @@ static void ek_pool_tiles2_@S@(@T@ *restrict dst, const @T@ *restrict xs, const 
             memcpy(d1 + 2 * ox, b + 8 * @L@, (size_t)(2 * r) * sizeof(@T@));
         }
 #else
-        for (; ox < ow; ox++)
-            EK_TILE2(@T@, d0 + 2 * ox, d1 + 2 * ox, x0[2 * ox], x0[2 * ox + 1], x1[2 * ox], x1[2 * ox + 1],
-                     orow[ox], grow[ox]);
+        /* each window's gradient to the first of a, b, c, e (row-major) equal to the max m, or to the first
+           NaN when m is NaN; bitwise, not short-circuit: no branches to mispredict */
+        for (; ox < ow; ox++) {
+            const @T@ m = orow[ox], gv = grow[ox];
+            const @T@ a = x0[2 * ox], b = x0[2 * ox + 1], c = x1[2 * ox], e = x1[2 * ox + 1];
+            const int nan = m != m;
+            const int ea = (a == m) | ((a != a) & nan), eb = (b == m) | ((b != b) & nan);
+            const int ec = (c == m) | ((c != c) & nan), ee = (e == m) | ((e != e) & nan);
+            d0[2 * ox] = ea ? gv : (@T@)0;
+            d0[2 * ox + 1] = eb & !ea ? gv : (@T@)0;
+            d1[2 * ox] = ec & !(ea | eb) ? gv : (@T@)0;
+            d1[2 * ox + 1] = ee & !(ea | eb | ec) ? gv : (@T@)0;
+        }
 #endif
     }
 }

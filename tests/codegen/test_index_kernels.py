@@ -1,5 +1,7 @@
 """The C index/window kernels against the NumPy code of the ops they replace: bit-identical results."""
 
+import ctypes
+
 import numpy as np
 import pytest
 
@@ -130,6 +132,28 @@ def test_max_pool_forward_and_backward_match_numpy(dtype, geom, strided):
     want = numpy_path(linalg._maxpool_backward_impl, g, x, ref, k, s, p, d, (oh, ow))
     assert grad.shape == want.shape and grad.dtype == want.dtype
     np.testing.assert_array_equal(grad, want)  # the order of the terms is NumPy's: equal, not just close
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_max_pool_backward_scalar_fallback_matches_the_vector_path(dtype):
+    """Compilers without __builtin_shufflevector get the scalar 2x2 loop: built here with EK_NO_VECTOR, it gives
+    the same gradients as the vector path (ties, NaN, -inf, a row tail)."""
+    if not cc.available():
+        pytest.skip("no C compiler")
+    tag = ik._DATA[np.dtype(dtype)][1]
+    scalar = cc.load("#define EK_NO_VECTOR 1\n" + ik.source(dtype), f"index_kernels_{tag}_scalar")
+    f = scalar.function(f"ek_maxpool_bwd_{tag}", 4, 26)
+    f.restype = ctypes.c_int64
+    rng = np.random.default_rng(3)
+    x = np.round(rng.standard_normal((2, 3, 6, 38)) * 2).astype(dtype)
+    x.flat[5], x.flat[-3], x.flat[::11] = np.nan, np.nan, -np.inf
+    out = numpy_path(linalg._maxpool_impl, x, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), (3, 19))
+    g = rng.standard_normal(out.shape).astype(dtype)
+    want = linalg._maxpool_backward_impl(np, g, x, out, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), (3, 19))
+    got = np.empty_like(x)
+    strides = [s // x.itemsize for a in (x, g, out) for s in a.strides]
+    assert f(*(a.ctypes.data for a in (got, g, x, out)), 2, 3, 6, 38, 2, 2, 2, 2, 0, 0, 1, 1, 3, 19, *strides) == 0
+    np.testing.assert_array_equal(got, want)
 
 
 def test_max_pool2d_module_gradients_match_numpy_path():
